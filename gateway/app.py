@@ -1,0 +1,196 @@
+"""create_app: the one place that wires config, routes, policies and forwarding."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from urllib.parse import quote, urlsplit
+
+from flask import Flask, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from gateway.clientinfo import client_info
+from gateway.config import Config, load_config, resolve_config_path
+from gateway.observability import log_access, request_id_for, setup_logging
+from gateway.paths import PathTemplate, unsafe_path_reason
+from gateway.policies.base import Policy, RequestContext
+from gateway.policies.body_limit import BodyLimit
+from gateway.policies.chain import PolicyChain
+from gateway.problems import (
+    GatewayError,
+    InternalError,
+    InvalidPath,
+    MethodNotAllowed,
+    error_response,
+    http_exception_response,
+    render,
+)
+from gateway.proxy import Forwarder
+from gateway.routing import CompiledRoute, RouteTable
+
+log = logging.getLogger("gateway")
+
+BuiltinHandler = Callable[["Gateway", RequestContext], Response]
+
+
+def raw_request_path(environ: dict[str, object]) -> str:
+    """The path as the client sent it, before any decoding (gunicorn: RAW_URI)."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw:
+        if not raw.startswith("/"):  # absolute-form request target
+            raw = urlsplit(raw).path or "/"
+        return raw.split("?", 1)[0]
+    path = environ.get("PATH_INFO", "/")
+    return quote(path if isinstance(path, str) else "/", safe="/%;:@&=+$,!~*'()")
+
+
+class Gateway:
+    """Per-process state built once from a Config; `handle` serves one request."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.forwarder = Forwarder(config)
+        self.table = RouteTable(self._compile(config))
+        self.builtins: dict[str, BuiltinHandler] = {
+            "/healthz": Gateway._healthz,
+            "/readyz": Gateway._readyz,
+        }
+
+    def _compile(self, config: Config) -> list[CompiledRoute]:
+        compiled = []
+        for index, route in enumerate(config.routes):
+            policies: list[Policy] = [BodyLimit(config.gateway.max_body_bytes)]
+            compiled.append(
+                CompiledRoute(
+                    index=index,
+                    route=route,
+                    public=PathTemplate.parse(route.path),
+                    upstream_template=PathTemplate.parse(route.upstream_path),
+                    upstream=config.upstreams[route.upstream],
+                    chain=PolicyChain(policies),
+                )
+            )
+        return compiled
+
+    def context(self, req: Request) -> RequestContext:
+        client = client_info(req, self.config.gateway.trusted_proxies)
+        public_base = self.config.gateway.public_url or f"{client.proto}://{client.host}"
+        return RequestContext(
+            request=req,
+            request_id=request_id_for(req),
+            client=client,
+            public_base=public_base,
+            started=time.perf_counter(),
+        )
+
+    def handle(self, req: Request) -> Response:
+        ctx = self.context(req)
+        try:
+            response = self._route(ctx)
+        except GatewayError as error:
+            response = error_response(error, instance=req.path, request_id=ctx.request_id)
+        except HTTPException as exc:
+            response = http_exception_response(exc, instance=req.path, request_id=ctx.request_id)
+        except Exception:
+            log.exception("unhandled error, request_id=%s", ctx.request_id)
+            response = error_response(
+                InternalError("The gateway failed to handle the request."),
+                instance=req.path,
+                request_id=ctx.request_id,
+            )
+        response.headers["X-Request-ID"] = ctx.request_id
+        self._log(ctx, response)
+        return response
+
+    def _route(self, ctx: RequestContext) -> Response:
+        req = ctx.request
+        reason = unsafe_path_reason(raw_request_path(req.environ))
+        if reason:
+            raise InvalidPath(f"The request path is refused: {reason}.")
+        builtin = self.builtins.get(req.path)
+        if builtin is not None:
+            if req.method not in ("GET", "HEAD"):
+                raise MethodNotAllowed(
+                    f"{req.method} is not allowed on {req.path}.", allowed=["GET", "HEAD"]
+                )
+            return builtin(self, ctx)
+        match = self.table.match(req.method, req.path)
+        ctx.route, ctx.params = match.route, match.params
+        return match.route.chain.run(ctx, self.forwarder.forward)
+
+    def _healthz(self, ctx: RequestContext) -> Response:
+        return _json({"status": "ok"})
+
+    def _readyz(self, ctx: RequestContext) -> Response:
+        return _json(
+            {"status": "ready", "checks": {"config": "loaded", "routes": len(self.table.routes)}}
+        )
+
+    def _log(self, ctx: RequestContext, response: Response) -> None:
+        log_access(
+            request_id=ctx.request_id,
+            method=ctx.request.method,
+            path=ctx.request.path.encode("unicode_escape").decode("ascii"),
+            route=ctx.route.route.name if ctx.route else None,
+            status=response.status_code,
+            duration_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+            upstream_ms=None if ctx.upstream_ms is None else round(ctx.upstream_ms, 3),
+            client=f"ip:{ctx.client.ip}",
+        )
+
+
+def _json(body: dict[str, object], status: int = 200) -> Response:
+    import json
+
+    return Response(json.dumps(body), status=status, content_type="application/json")
+
+
+class GatewayFlask(Flask):
+    """Flask with the gateway's own dispatch: no Flask routes, redirects or HTML."""
+
+    gateway: Gateway
+
+    def dispatch_request(self) -> ResponseReturnValue:
+        return self.gateway.handle(request._get_current_object())  # type: ignore[attr-defined]
+
+
+def create_app(config: Config | str | None = None) -> Flask:
+    """The WSGI app for a Config, a config file path, or (None) the usual lookup."""
+    if not isinstance(config, Config):
+        config = load_config(resolve_config_path(config))
+    setup_logging()
+    app = GatewayFlask("gateway")
+    # One catch-all rule so Flask's own matching never raises; the gateway routes.
+    app.url_map = Map(
+        [Rule("/", endpoint="gateway"), Rule("/<path:path>", endpoint="gateway")],
+        strict_slashes=False,
+        merge_slashes=False,
+        redirect_defaults=False,
+    )
+    app.gateway = Gateway(config)
+
+    @app.errorhandler(Exception)
+    def _any_error(exc: Exception) -> Response:
+        # Only reached by failures outside Gateway.handle (e.g. in Flask itself).
+        request_id = request.headers.get("X-Request-ID", "") or "-"
+        if isinstance(exc, HTTPException):
+            return http_exception_response(exc, instance=request.path, request_id=request_id)
+        log.exception("unhandled error outside the gateway")
+        return render(
+            {
+                "type": "about:blank",
+                "title": "Internal Server Error",
+                "status": 500,
+                "detail": "The gateway failed to handle the request.",
+                "instance": request.path,
+                "code": "internal_error",
+                "request_id": request_id,
+            },
+            500,
+        )
+
+    return app

@@ -1,0 +1,168 @@
+"""The `gateway` command: check, routes, schema, explain, serve, hash-key."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from gateway.config import Config, ConfigError, load_config, resolve_config_path
+from gateway.config.schema import SCHEMA
+
+
+def _load(path: str | None, *, out: TextIO = sys.stderr) -> Config:
+    """The config, or exit 1 after printing every problem as FILE:LINE:COL: message."""
+    resolved = resolve_config_path(path)
+    try:
+        return load_config(resolved)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=out)
+        count = len(exc.problems)
+        print(f"{resolved}: {count} problem{'s' if count != 1 else ''}", file=out)
+        raise SystemExit(1) from None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    print(_load(args.config, out=sys.stdout).summary())
+    return 0
+
+
+def _auth_text(config: Config, index: int) -> str:
+    route = config.routes[index]
+    return "public" if route.is_public else ",".join(route.auth)
+
+
+def cmd_routes(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    header = [
+        "NAME",
+        "METHODS",
+        "PATH",
+        "UPSTREAM",
+        "UPSTREAM PATH",
+        "AUTH",
+        "ROLES",
+        "RATE LIMIT",
+        "VERSIONS",
+    ]
+    rows = [header]
+    for index, route in enumerate(config.routes):
+        if route.rate_limit is None:
+            limit = "default: " + (",".join(r.text for r in config.rate_limits.default) or "none")
+        else:
+            limit = ",".join(r.text for r in route.rate_limit) or "none"
+        rows.append(
+            [
+                route.name,
+                ",".join(route.methods),
+                route.path,
+                route.upstream,
+                route.upstream_path,
+                _auth_text(config, index),
+                ",".join(route.roles) or "-",
+                limit + ("" if route.rate_limit_key == "identity" else " per ip"),
+                "-",
+            ]
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    for row in rows:
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(SCHEMA, indent=2))
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from gateway.explain import explain
+
+    config = _load(args.config)
+    headers = []
+    for item in args.header:
+        name, sep, value = item.partition(":")
+        if not sep or not name.strip():
+            print(f"-H {item!r}: write 'Name: value'", file=sys.stderr)
+            return 2
+        headers.append((name.strip(), value.strip()))
+    lines, ok = explain(config, args.method.upper(), args.path, headers)
+    print("\n".join(lines))
+    return 0 if ok else 1
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from gateway.serving import GatewayServer, gunicorn_options
+
+    config = _load(args.config)  # refuse a bad file before any port is bound
+    GatewayServer(config, gunicorn_options(args.host, args.port, args.workers, args.threads)).run()
+    return 0
+
+
+def cmd_hash_key(args: argparse.Namespace) -> int:
+    key = args.key if args.key is not None else sys.stdin.readline().rstrip("\n")
+    if not key:
+        print("no key given", file=sys.stderr)
+        return 2
+    print(hashlib.sha256(key.encode()).hexdigest())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "-c", "--config", help="routes.yaml (default: $GATEWAY_CONFIG, else ./routes.yaml)"
+        )
+        return p
+
+    with_config(commands.add_parser("check", help="validate the config")).set_defaults(
+        func=cmd_check
+    )
+    with_config(commands.add_parser("routes", help="print the route table")).set_defaults(
+        func=cmd_routes
+    )
+    commands.add_parser("schema", help="print the JSON Schema of routes.yaml").set_defaults(
+        func=cmd_schema
+    )
+    explain = with_config(commands.add_parser("explain", help="show what a request would meet"))
+    explain.add_argument("method")
+    explain.add_argument("path", help="path and optional query, e.g. /api/v1/users?limit=5")
+    explain.add_argument(
+        "-H",
+        "--header",
+        action="append",
+        default=[],
+        help="a request header, 'Name: value' (repeatable)",
+    )
+    explain.set_defaults(func=cmd_explain)
+    serve = with_config(commands.add_parser("serve", help="run under gunicorn"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--threads", type=int, default=8)
+    serve.set_defaults(func=cmd_serve)
+    hash_key = commands.add_parser(
+        "hash-key", help="print the SHA-256 of an API key (reads stdin when no key is given)"
+    )
+    hash_key.add_argument("key", nargs="?")
+    hash_key.set_defaults(func=cmd_hash_key)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

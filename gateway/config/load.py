@@ -1,0 +1,574 @@
+"""routes.yaml -> Config, or ConfigError listing every problem with file, line and column.
+
+Three passes over one parsed document: the JSON Schema (shape, types, unknown keys),
+then the rules a schema cannot state (references, collisions, parseable limits, key
+sources), then construction of the frozen model. All problems of the first two passes
+are reported together, so a backend team fixes a file in one round.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator, Mapping
+from pathlib import Path as FilePath
+from types import MappingProxyType
+from typing import Any, cast
+from urllib.parse import urlsplit
+
+import jsonschema
+import limits
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+from werkzeug.routing import Map, Rule
+
+from gateway.config.errors import ConfigError, ConfigProblem
+from gateway.config.model import (
+    ApiKey,
+    ApiKeySettings,
+    AuthSettings,
+    Config,
+    CorsSettings,
+    GatewaySettings,
+    JwtSettings,
+    Location,
+    RateLimit,
+    RateLimitSettings,
+    Route,
+    Upstream,
+)
+from gateway.config.schema import SCHEMA
+from gateway.config.source import Document, Path, parse
+from gateway.paths import PathTemplate, TemplateError
+
+_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+_HS_MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: a key at least as long as the hash output
+_STORAGE_SCHEMES = {
+    "memory",
+    "redis",
+    "rediss",
+    "redis+unix",
+    "redis+cluster",
+    "redis+sentinel",
+    "memcached",
+    "mongodb",
+    "valkey",
+    "valkeys",
+    "valkey+cluster",
+    "valkey+sentinel",
+}
+DEFAULT_CONFIG_PATH = "routes.yaml"
+
+
+def resolve_config_path(explicit: str | None = None) -> str:
+    """`-c` wins, then GATEWAY_CONFIG, then ./routes.yaml (CONTRACT §1)."""
+    return explicit or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH
+
+
+def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, validate and compile one routes.yaml; raise ConfigError on any problem."""
+    try:
+        text = FilePath(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(path, 1, 1, f"cannot read the file: {exc}")]) from None
+    return load_config_text(text, path, environ)
+
+
+def load_config_text(text: str, file: str, environ: Mapping[str, str] | None = None) -> Config:
+    document = parse(text, file, os.environ if environ is None else environ)
+    problems = list(_schema_problems(document))
+    problems += _Checker(document).run()
+    if problems:
+        raise ConfigError(problems)
+    return _build(document)
+
+
+def _display(path: Path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "the top level"
+
+
+def _schema_problems(document: Document) -> Iterator[ConfigProblem]:
+    for error in _VALIDATOR.iter_errors(document.data):
+        path = cast(Path, tuple(error.absolute_path))
+        where = _display(path)
+        kind = error.validator
+        if kind == "additionalProperties" and isinstance(error.instance, dict):
+            allowed = list(cast(dict[str, Any], error.schema).get("properties", {}))
+            for key in error.instance:
+                if key in allowed:
+                    continue
+                hint = difflib.get_close_matches(str(key), allowed, n=1, cutoff=0.6)
+                tip = (
+                    f"; did you mean {hint[0]!r}?"
+                    if hint
+                    else (f"; allowed: {', '.join(allowed)}" if allowed else "")
+                )
+                yield document.problem(
+                    (*path, key), f"unknown key {key!r} in {where}{tip}", key=True
+                )
+        elif kind == "required":
+            missing = [k for k in cast(list[str], error.validator_value) if k not in error.instance]
+            for key in missing:
+                yield document.problem(path, f"{where}: missing required key {key!r}", key=True)
+        elif kind == "oneOf" and path and path[-1] == "auth":
+            yield document.problem(
+                path, f"{where}: must be `public` or a list of `jwt` and/or `api_key`"
+            )
+        elif kind in ("enum", "const"):
+            options = error.validator_value if kind == "enum" else [error.validator_value]
+            shown = ", ".join(str(o) for o in cast(list[Any], options))
+            yield document.problem(path, f"{where}: {error.instance!r} is not one of: {shown}")
+        elif kind == "pattern" and path and path[-1] == "sha256":
+            yield document.problem(path, f"{where}: must be 64 hex characters (a SHA-256 digest)")
+        elif kind == "propertyNames":
+            yield document.problem(
+                path, f"{where}: names may use only letters, digits, '.', '_' and '-'"
+            )
+        else:
+            yield document.problem(path, f"{where}: {error.message}", key=kind == "type")
+
+
+def _get(data: Any, *keys: str | int) -> Any:
+    """A nested value, or None where any step is missing or of the wrong type."""
+    for key in keys:
+        if isinstance(key, int):
+            if not isinstance(data, list) or key >= len(data):
+                return None
+        elif not isinstance(data, dict):
+            return None
+        data = data[key] if isinstance(key, int) else data.get(key)
+    return data
+
+
+def _strings(value: Any) -> list[str]:
+    return [v for v in value if isinstance(v, str)] if isinstance(value, list) else []
+
+
+def parse_rate_limits(texts: list[str]) -> tuple[RateLimit, ...]:
+    parsed = []
+    for text in texts:
+        item = limits.parse(text)
+        parsed.append(RateLimit(text, item.amount, item.get_expiry()))
+    return tuple(parsed)
+
+
+class _Checker:
+    """The rules a JSON Schema cannot express; tolerant of data the schema rejected."""
+
+    def __init__(self, document: Document) -> None:
+        self.doc = document
+        self.data = document.data if isinstance(document.data, dict) else {}
+        self.problems: list[ConfigProblem] = []
+
+    def fail(self, path: Path, message: str, *, key: bool = False) -> None:
+        self.problems.append(self.doc.problem(path, message, key=key))
+
+    def run(self) -> list[ConfigProblem]:
+        self._gateway()
+        self._cors()
+        self._jwt()
+        self._api_keys()
+        self._rate_limits(("rate_limits", "default"))
+        self._storage()
+        self._upstreams()
+        self._routes()
+        return self.problems
+
+    def _http_url(self, path: Path, url: Any, what: str, *, allow_path: bool) -> None:
+        if not isinstance(url, str):
+            return
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            self.fail(path, f"{what} {url!r} must be an http:// or https:// URL with a host")
+        elif parts.query or parts.fragment or parts.username or parts.password:
+            self.fail(path, f"{what} {url!r} must not carry a query, fragment or credentials")
+        elif not allow_path and parts.path not in ("", "/"):
+            self.fail(path, f"{what} {url!r} must not have a path")
+        else:
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+            except ValueError:
+                self.fail(path, f"{what} {url!r} has an invalid port")
+
+    def _gateway(self) -> None:
+        public_url = _get(self.data, "gateway", "public_url")
+        if public_url:
+            self._http_url(("gateway", "public_url"), public_url, "public_url", allow_path=True)
+
+    def _cors(self) -> None:
+        origins = _strings(_get(self.data, "cors", "allow_origins"))
+        if "*" in origins and _get(self.data, "cors", "allow_credentials") is True:
+            self.fail(
+                ("cors", "allow_origins"),
+                "cors: '*' in allow_origins cannot be "
+                "combined with allow_credentials: true (browsers refuse it; list the "
+                "origins)",
+            )
+        raw = _get(self.data, "cors", "allow_origins") or []
+        for index, origin in enumerate(raw if isinstance(raw, list) else []):
+            if not isinstance(origin, str) or origin == "*":
+                continue
+            parts = urlsplit(origin)
+            if (
+                parts.scheme not in ("http", "https")
+                or not parts.hostname
+                or parts.path
+                or parts.query
+                or parts.fragment
+                or origin.endswith("/")
+            ):
+                self.fail(
+                    ("cors", "allow_origins", index),
+                    f"cors origin {origin!r} must be scheme://host[:port], with no "
+                    "path or trailing slash",
+                )
+
+    def _jwt(self) -> None:
+        jwt = _get(self.data, "auth", "jwt")
+        if not isinstance(jwt, dict):
+            return
+        path: Path = ("auth", "jwt")
+        sources = [k for k in ("jwks_url", "public_key_file", "secret") if jwt.get(k)]
+        if not sources:
+            self.fail(
+                path,
+                "auth.jwt needs a key source: one of jwks_url, public_key_file, secret",
+                key=True,
+            )
+        elif len(sources) > 1:
+            self.fail(
+                (*path, sources[1]),
+                f"auth.jwt has two key sources ({sources[0]} and {sources[1]}); keep one",
+                key=True,
+            )
+        algorithms = _strings(jwt.get("algorithms"))
+        symmetric = [a for a in algorithms if a.startswith("HS")]
+        asymmetric = [a for a in algorithms if not a.startswith("HS")]
+        if symmetric and asymmetric:
+            # RFC 8725 §2.1/§3.1: mixing families invites algorithm confusion.
+            self.fail(
+                (*path, "algorithms"),
+                "auth.jwt.algorithms mixes HS* with public-key "
+                "algorithms; one key source serves one family",
+            )
+        secret = jwt.get("secret")
+        if isinstance(secret, str) and secret:
+            if asymmetric:
+                self.fail((*path, "secret"), "auth.jwt.secret serves HS* algorithms only")
+            if len(secret.encode()) < _HS_MIN_SECRET_BYTES:
+                self.fail(
+                    (*path, "secret"),
+                    f"auth.jwt.secret must be at least "
+                    f"{_HS_MIN_SECRET_BYTES} bytes (it has {len(secret.encode())})",
+                )
+        elif symmetric and sources:
+            self.fail((*path, "algorithms"), "auth.jwt: HS* algorithms need `secret`")
+        if isinstance(jwt.get("jwks_url"), str) and jwt["jwks_url"]:
+            self._http_url((*path, "jwks_url"), jwt["jwks_url"], "jwks_url", allow_path=True)
+        key_file = jwt.get("public_key_file")
+        if isinstance(key_file, str) and key_file:
+            resolved = self._relative(key_file)
+            if not resolved.is_file():
+                self.fail(
+                    (*path, "public_key_file"),
+                    f"auth.jwt.public_key_file {key_file!r} does not exist",
+                )
+
+    def _relative(self, name: str) -> FilePath:
+        return resolve_relative(self.doc.file, name)
+
+    def _api_keys(self) -> None:
+        keys = _get(self.data, "auth", "api_keys", "keys")
+        if not isinstance(keys, list):
+            return
+        seen_ids: dict[str, int] = {}
+        seen_digests: dict[str, int] = {}
+        for index, key in enumerate(keys):
+            if not isinstance(key, dict):
+                continue
+            key_id, digest = key.get("id"), key.get("sha256")
+            if isinstance(key_id, str):
+                if key_id in seen_ids:
+                    self.fail(
+                        ("auth", "api_keys", "keys", index, "id"),
+                        f"api key id {key_id!r} is used twice",
+                    )
+                seen_ids.setdefault(key_id, index)
+            if isinstance(digest, str):
+                if digest.lower() in seen_digests:
+                    self.fail(
+                        ("auth", "api_keys", "keys", index, "sha256"),
+                        "the same key digest is listed twice",
+                    )
+                seen_digests.setdefault(digest.lower(), index)
+
+    def _rate_limits(self, path: Path) -> None:
+        value = _get(self.data, *path)
+        if not isinstance(value, list):
+            return
+        for index, text in enumerate(value):
+            if not isinstance(text, str):
+                continue
+            try:
+                parsed = limits.parse_many(text)
+            except ValueError:
+                self.fail(
+                    (*path, index),
+                    f"rate limit {text!r} does not parse; write "
+                    "N/second, N/minute, N/hour or N/day (e.g. 100/minute)",
+                )
+                continue
+            if len(parsed) != 1:
+                self.fail((*path, index), f"rate limit {text!r}: write one limit per list item")
+            elif parsed[0].amount < 1:
+                self.fail((*path, index), f"rate limit {text!r} must allow at least 1")
+
+    def _storage(self) -> None:
+        storage = _get(self.data, "rate_limits", "storage")
+        if isinstance(storage, str):
+            scheme = urlsplit(storage).scheme
+            if scheme not in _STORAGE_SCHEMES:
+                self.fail(
+                    ("rate_limits", "storage"),
+                    f"rate_limits.storage {storage!r}: use memory:// or redis://host:port/db",
+                )
+
+    def _upstreams(self) -> None:
+        upstreams = self.data.get("upstreams")
+        if not isinstance(upstreams, dict):
+            return
+        for name, upstream in upstreams.items():
+            if not isinstance(upstream, dict):
+                continue
+            self._http_url(
+                ("upstreams", name, "url"),
+                upstream.get("url"),
+                f"upstream {name!r} url",
+                allow_path=True,
+            )
+            bundle = upstream.get("ca_bundle")
+            if isinstance(bundle, str) and not self._relative(bundle).is_file():
+                self.fail(
+                    ("upstreams", name, "ca_bundle"),
+                    f"upstream {name!r} ca_bundle {bundle!r} does not exist",
+                )
+
+    def _routes(self) -> None:
+        routes = self.data.get("routes")
+        if not isinstance(routes, list):
+            return
+        upstreams = self.data.get("upstreams")
+        upstream_names = list(upstreams) if isinstance(upstreams, dict) else []
+        names: dict[str, int] = {}
+        compiled: list[tuple[int, PathTemplate, list[str]]] = []
+        for index, route in enumerate(routes):
+            if not isinstance(route, dict):
+                continue
+            at: Path = ("routes", index)
+            name = route.get("name")
+            label = f"route {name!r}" if isinstance(name, str) else f"routes[{index}]"
+            if isinstance(name, str):
+                if name in names:
+                    first = self.doc.where(("routes", names[name], "name"))
+                    self.fail(
+                        (*at, "name"),
+                        f"route name {name!r} is used twice (first at line {first.line})",
+                    )
+                names.setdefault(name, index)
+            upstream = route.get("upstream")
+            if isinstance(upstream, str) and upstream not in upstream_names:
+                hint = difflib.get_close_matches(upstream, upstream_names, n=1)
+                tip = (
+                    f"; did you mean {hint[0]!r}?"
+                    if hint
+                    else (f"; defined: {', '.join(upstream_names)}" if upstream_names else "")
+                )
+                self.fail(
+                    (*at, "upstream"),
+                    f"{label}: upstream {upstream!r} is not defined in upstreams{tip}",
+                )
+            methods = _strings(route.get("methods"))
+            for method in {m for m in methods if methods.count(m) > 1}:
+                self.fail((*at, "methods"), f"{label}: method {method} is listed twice")
+            template = self._template((*at, "path"), route.get("path"), label)
+            upstream_template = (
+                self._template(
+                    (*at, "upstream_path"),
+                    route.get("upstream_path", route.get("path")),
+                    label,
+                )
+                if "upstream_path" in route
+                else template
+            )
+            if template and upstream_template:
+                extra = set(upstream_template.params) - set(template.params)
+                for param in sorted(extra):
+                    self.fail(
+                        (*at, "upstream_path"),
+                        f"{label}: upstream_path uses {{{param}}}, which path does not define",
+                    )
+                for param, kind in upstream_template.params.items():
+                    if param in template.params and template.params[param] != kind:
+                        self.fail(
+                            (*at, "upstream_path"),
+                            f"{label}: {{{param}}} is a "
+                            "different parameter type in path and upstream_path",
+                        )
+            auth = route.get("auth")
+            if auth == "public" and route.get("roles"):
+                self.fail((*at, "roles"), f"{label}: a public route cannot require roles", key=True)
+            if isinstance(auth, list):
+                if "jwt" in auth and not isinstance(_get(self.data, "auth", "jwt"), dict):
+                    self.fail((*at, "auth"), f"{label}: uses jwt, but auth.jwt is not configured")
+                if "api_key" in auth and not isinstance(_get(self.data, "auth", "api_keys"), dict):
+                    self.fail(
+                        (*at, "auth"), f"{label}: uses api_key, but auth.api_keys is not configured"
+                    )
+            self._rate_limits((*at, "rate_limit"))
+            if template and methods:
+                compiled.append((index, template, methods))
+        self._collisions(compiled, routes)
+
+    def _template(self, path: Path, text: Any, label: str) -> PathTemplate | None:
+        if not isinstance(text, str):
+            return None
+        try:
+            return PathTemplate.parse(text)
+        except TemplateError as exc:
+            self.fail(path, f"{label}: {exc}")
+            return None
+
+    def _collisions(
+        self, compiled: list[tuple[int, PathTemplate, list[str]]], routes: list[Any]
+    ) -> None:
+        """Same method and path twice, or a route another one always wins against.
+
+        Each route's example path is matched against the table the gateway will
+        really build: if it lands elsewhere for one of the route's methods, that
+        route can never be reached by such requests.
+        """
+        url_map = _werkzeug_map((index, t, m) for index, t, m in compiled)
+        adapter = url_map.bind("gateway.invalid")
+        for index, template, methods in compiled:
+            label = routes[index].get("name", f"routes[{index}]")
+            for method in dict.fromkeys(methods):
+                try:
+                    winner, _ = adapter.match(template.example(), method)
+                except (NotFound, MethodNotAllowed):  # pragma: no cover - cannot happen
+                    continue
+                if winner == index:
+                    continue
+                other = routes[int(winner)]
+                line = self.doc.where(("routes", int(winner))).line
+                same = PathTemplate.parse(other["path"]).shape == template.shape
+                what = "the same method and path as" if same else "shadowed by"
+                self.fail(
+                    ("routes", index, "path"),
+                    f"route {label!r}: {method} "
+                    f"{template.text} is {what} route {other.get('name')!r} (line "
+                    f"{line})",
+                )
+
+
+def _werkzeug_map(entries: Iterator[tuple[int, PathTemplate, list[str]]] | Any) -> Map:
+    rules = [Rule(t.werkzeug_rule, endpoint=index, methods=m) for index, t, m in entries]
+    return Map(rules, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
+
+
+def resolve_relative(config_file: str, name: str) -> FilePath:
+    """Files named in the config are relative to the config file's folder."""
+    candidate = FilePath(name)
+    return candidate if candidate.is_absolute() else FilePath(config_file).parent / candidate
+
+
+def _build(document: Document) -> Config:
+    data: dict[str, Any] = document.data
+    file = document.file
+    gw = data.get("gateway", {})
+    cors = data.get("cors", {})
+    auth = data.get("auth", {})
+    rl = data.get("rate_limits", {})
+
+    jwt_data = auth.get("jwt")
+    jwt = None
+    if jwt_data is not None:
+        key_file = jwt_data.get("public_key_file")
+        jwt = JwtSettings(
+            issuer=jwt_data["issuer"],
+            audience=jwt_data["audience"],
+            algorithms=tuple(jwt_data["algorithms"]),
+            jwks_url=jwt_data.get("jwks_url") or None,
+            public_key_file=str(resolve_relative(file, key_file)) if key_file else None,
+            secret=jwt_data.get("secret") or None,
+            leeway=jwt_data.get("leeway", 30),
+            roles_claim=jwt_data.get("roles_claim", "role"),
+        )
+    keys_data = auth.get("api_keys")
+    api_keys = None
+    if keys_data is not None:
+        api_keys = ApiKeySettings(
+            header=keys_data.get("header", "X-API-Key"),
+            keys=tuple(
+                ApiKey(k["id"], k["sha256"].lower(), tuple(k.get("roles", ())))
+                for k in keys_data.get("keys", ())
+            ),
+        )
+
+    upstreams = {
+        name: Upstream(
+            name=name,
+            url=u["url"].rstrip("/"),
+            connect_timeout=float(u.get("connect_timeout", 1.0)),
+            timeout=float(u.get("timeout", 10.0)),
+            retries=u.get("retries", 1),
+            max_connections=u.get("max_connections", 100),
+            ca_bundle=str(resolve_relative(file, u["ca_bundle"])) if u.get("ca_bundle") else None,
+        )
+        for name, u in data["upstreams"].items()
+    }
+    routes = []
+    for index, r in enumerate(data["routes"]):
+        pos = document.where(("routes", index))
+        limits_text = r.get("rate_limit")
+        routes.append(
+            Route(
+                name=r["name"],
+                path=r["path"],
+                methods=tuple(r["methods"]),
+                upstream=r["upstream"],
+                upstream_path=r.get("upstream_path", r["path"]),
+                auth=() if r["auth"] == "public" else tuple(dict.fromkeys(r["auth"])),
+                roles=tuple(r.get("roles", ())),
+                rate_limit=None if limits_text is None else parse_rate_limits(limits_text),
+                rate_limit_key=r.get("rate_limit_key", "identity"),
+                location=Location(file, pos.line, pos.column),
+            )
+        )
+    defaults = CorsSettings()
+    return Config(
+        source=file,
+        gateway=GatewaySettings(
+            public_url=gw.get("public_url", "").rstrip("/"),
+            trusted_proxies=gw.get("trusted_proxies", 0),
+            max_body_bytes=gw.get("max_body_bytes", 1_048_576),
+        ),
+        cors=CorsSettings(
+            allow_origins=tuple(cors.get("allow_origins", ())),
+            allow_credentials=cors.get("allow_credentials", False),
+            allow_methods=tuple(cors.get("allow_methods", defaults.allow_methods)),
+            allow_headers=tuple(cors.get("allow_headers", ())),
+            expose_headers=tuple(cors.get("expose_headers", ())),
+            max_age=cors.get("max_age", 600),
+        ),
+        auth=AuthSettings(jwt=jwt, api_keys=api_keys),
+        rate_limits=RateLimitSettings(
+            storage=rl.get("storage", "memory://"),
+            strategy=rl.get("strategy", "moving-window"),
+            on_storage_error=rl.get("on_storage_error", "allow"),
+            default=parse_rate_limits(rl.get("default", [])),
+        ),
+        upstreams=MappingProxyType(upstreams),
+        routes=tuple(routes),
+    )

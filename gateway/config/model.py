@@ -1,0 +1,138 @@
+"""The validated configuration: frozen, slotted dataclasses and nothing else.
+
+`load.py` builds these from routes.yaml; everything that serves requests reads them.
+No I/O happens here, so the model can be built by hand in tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+AuthMethod = Literal["jwt", "api_key"]
+RateLimitKey = Literal["identity", "ip"]
+RateLimitStrategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
+StorageErrorMode = Literal["allow", "deny"]
+
+HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where a value was written, so any later complaint can point at it."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    public_url: str = ""
+    trusted_proxies: int = 0
+    max_body_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
+class CorsSettings:
+    allow_origins: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    allow_methods: tuple[str, ...] = ("GET", "POST", "PUT", "PATCH", "DELETE")
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    max_age: int = 600
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSettings:
+    issuer: str
+    audience: str
+    algorithms: tuple[str, ...]
+    jwks_url: str | None = None
+    public_key_file: str | None = None
+    secret: str | None = None
+    leeway: int = 30
+    roles_claim: str = "role"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    sha256: str
+    roles: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeySettings:
+    header: str = "X-API-Key"
+    keys: tuple[ApiKey, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    jwt: JwtSettings | None = None
+    api_keys: ApiKeySettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One parsed limit such as `100/minute`: `amount` requests per `seconds`."""
+
+    text: str
+    amount: int
+    seconds: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    storage: str = "memory://"
+    strategy: RateLimitStrategy = "moving-window"
+    on_storage_error: StorageErrorMode = "allow"
+    default: tuple[RateLimit, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    url: str
+    connect_timeout: float = 1.0
+    timeout: float = 10.0
+    retries: int = 1
+    max_connections: int = 100
+    ca_bundle: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    path: str
+    methods: tuple[str, ...]
+    upstream: str
+    upstream_path: str
+    auth: tuple[AuthMethod, ...] = ()  # empty: public
+    roles: tuple[str, ...] = ()
+    rate_limit: tuple[RateLimit, ...] | None = None  # None: the default limits apply
+    rate_limit_key: RateLimitKey = "identity"
+    location: Location | None = field(default=None, compare=False)
+
+    @property
+    def is_public(self) -> bool:
+        return not self.auth
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    gateway: GatewaySettings
+    cors: CorsSettings
+    auth: AuthSettings
+    rate_limits: RateLimitSettings
+    upstreams: Mapping[str, Upstream]
+    routes: tuple[Route, ...]
+
+    def summary(self) -> str:
+        return f"{self.source}: OK, {len(self.routes)} routes to {len(self.upstreams)} upstreams"

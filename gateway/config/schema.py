@@ -1,0 +1,271 @@
+"""The JSON Schema of routes.yaml (version 1): the one description of its shape.
+
+The loader validates against it and `gateway schema` publishes it, so editors that
+speak JSON Schema (VS Code's YAML extension, JetBrains) autocomplete and check the
+same rules the gateway enforces. Rules a schema cannot express (an upstream that
+exists, a limit that parses, routes that collide) live in `load.py`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SCHEMA_ID = "urn:gateway:routes-yaml:v1"
+
+_ALGORITHMS = [
+    "HS256",
+    "HS384",
+    "HS512",
+    "RS256",
+    "RS384",
+    "RS512",
+    "PS256",
+    "ES256",
+    "ES384",
+    "EdDSA",
+]
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_RATE_LIMIT = {
+    "type": "string",
+    "description": "N per period, e.g. `100/minute`, `5/second`, `1000/hour`, `10/2 minutes`.",
+}
+_RATE_LIMITS = {"type": "array", "items": _RATE_LIMIT}
+_POSITIVE_NUMBER = {"type": "number", "exclusiveMinimum": 0}
+
+
+def _object(
+    properties: dict[str, Any], *, required: list[str] | None = None, description: str = ""
+) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "type": "object",
+        "properties": properties,
+        "additionalProperties": False,
+    }
+    if required:
+        schema["required"] = required
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _strings(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "array", "items": {"type": "string", **extra}, "description": description}
+
+
+GATEWAY = _object(
+    {
+        "public_url": {
+            "type": "string",
+            "description": "Base URL clients use (scheme://host[:port]); empty: taken from "
+            "each request. Upstream Link and Location headers are rewritten onto it.",
+        },
+        "trusted_proxies": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "How many proxy hops in front of the gateway append to "
+            "X-Forwarded-For and are believed. 0: the socket peer is the client.",
+        },
+        "max_body_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Largest request body accepted, chunked uploads included; "
+            "larger is 413 before anything reaches an upstream.",
+        },
+    },
+    description="Settings of the gateway process itself.",
+)
+
+CORS = _object(
+    {
+        "allow_origins": _strings(
+            "Exact origins (scheme://host[:port]) allowed to call from a browser, or `*` "
+            "(not with allow_credentials).",
+        ),
+        "allow_credentials": {"type": "boolean"},
+        "allow_methods": _strings("Methods a preflight may approve.", enum=_METHODS),
+        "allow_headers": _strings("Request headers a preflight may approve."),
+        "expose_headers": _strings("Response headers a browser script may read."),
+        "max_age": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Seconds a browser may cache a preflight answer.",
+        },
+    },
+    description="Cross-origin resource sharing for browser clients.",
+)
+
+JWT = _object(
+    {
+        "issuer": {"type": "string", "minLength": 1, "description": "Exact `iss` claim required."},
+        "audience": {
+            "type": "string",
+            "minLength": 1,
+            "description": "`aud` claim that must be present.",
+        },
+        "algorithms": {
+            "type": "array",
+            "minItems": 1,
+            "items": {"enum": _ALGORITHMS},
+            "description": "Algorithms accepted; a token's own `alg` is only ever checked "
+            "against this list.",
+        },
+        "jwks_url": {"type": "string", "description": "Where to fetch the signing keys."},
+        "public_key_file": {"type": "string", "description": "A PEM public key file."},
+        "secret": {
+            "type": "string",
+            "description": "Shared secret for HS* algorithms, at least 32 bytes.",
+        },
+        "leeway": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Seconds of clock skew allowed for exp, nbf and iat.",
+        },
+        "roles_claim": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Dotted path of the claim holding the roles.",
+        },
+    },
+    required=["issuer", "audience", "algorithms"],
+    description="JSON Web Token validation; exactly one of jwks_url, public_key_file, secret.",
+)
+
+API_KEYS = _object(
+    {
+        "header": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Request header carrying the key.",
+        },
+        "keys": {
+            "type": "array",
+            "items": _object(
+                {
+                    "id": {
+                        "type": "string",
+                        "minLength": 1,
+                        "description": "Consumer id, sent upstream as X-Consumer-Id.",
+                    },
+                    "sha256": {
+                        "type": "string",
+                        "pattern": "^[0-9a-fA-F]{64}$",
+                        "description": "Hex SHA-256 digest of the key.",
+                    },
+                    "roles": _strings("Roles the key grants."),
+                },
+                required=["id", "sha256"],
+            ),
+        },
+    },
+    description="Static API keys, stored only as SHA-256 digests.",
+)
+
+RATE_LIMITS = _object(
+    {
+        "storage": {
+            "type": "string",
+            "description": "memory:// or redis://host:port/db (and the URIs of "
+            "the `limits` package).",
+        },
+        "strategy": {"enum": ["moving-window", "fixed-window", "sliding-window-counter"]},
+        "on_storage_error": {
+            "enum": ["allow", "deny"],
+            "description": "allow: let traffic pass; deny: answer 503.",
+        },
+        "default": {
+            **_RATE_LIMITS,
+            "description": "Limits per client on every route without its own.",
+        },
+    },
+    description="Rate limiting.",
+)
+
+UPSTREAM = _object(
+    {
+        "url": {"type": "string", "description": "http(s)://host[:port][/base path]"},
+        "connect_timeout": {**_POSITIVE_NUMBER, "description": "Seconds to connect."},
+        "timeout": {
+            **_POSITIVE_NUMBER,
+            "description": "Total seconds for one request, response body included.",
+        },
+        "retries": {
+            "type": "integer",
+            "minimum": 0,
+            "maximum": 5,
+            "description": "Retries of GET, HEAD, OPTIONS, PUT, DELETE after a "
+            "failure to connect; never POST or PATCH.",
+        },
+        "max_connections": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Connection pool size per gateway worker.",
+        },
+        "ca_bundle": {
+            "type": "string",
+            "description": "PEM file of CAs to trust for an https upstream.",
+        },
+    },
+    required=["url"],
+)
+
+ROUTE = _object(
+    {
+        "name": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_.-]+$",
+            "description": "Unique name, shown in logs, metrics and `gateway routes`.",
+        },
+        "path": {
+            "type": "string",
+            "description": "Public path template: /literal/{name}/{rest:path}",
+        },
+        "methods": {"type": "array", "minItems": 1, "items": {"enum": _METHODS}},
+        "upstream": {"type": "string", "description": "A key of `upstreams`."},
+        "upstream_path": {
+            "type": "string",
+            "description": "Path template at the upstream; may use the "
+            "parameters of `path`. Default: the same as `path`.",
+        },
+        "auth": {
+            "oneOf": [
+                {"const": "public"},
+                {"type": "array", "minItems": 1, "items": {"enum": ["jwt", "api_key"]}},
+            ],
+            "description": "`public`, or the methods of which any one suffices.",
+        },
+        "roles": _strings("Roles of which any one suffices; absent: any authenticated caller."),
+        "rate_limit": {
+            **_RATE_LIMITS,
+            "description": "Limits of this route (instead of "
+            "the default); an empty list: not limited.",
+        },
+        "rate_limit_key": {"enum": ["identity", "ip"]},
+    },
+    required=["name", "path", "methods", "upstream", "auth"],
+)
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": SCHEMA_ID,
+    "title": "Gateway routes.yaml",
+    **_object(
+        {
+            "version": {"const": 1, "description": "Schema version; 1."},
+            "gateway": GATEWAY,
+            "cors": CORS,
+            "auth": _object(
+                {"jwt": JWT, "api_keys": API_KEYS}, description="How callers authenticate."
+            ),
+            "rate_limits": RATE_LIMITS,
+            "upstreams": {
+                "type": "object",
+                "additionalProperties": UPSTREAM,
+                "propertyNames": {"pattern": "^[A-Za-z0-9_.-]+$"},
+                "minProperties": 1,
+                "description": "Named upstream services.",
+            },
+            "routes": {"type": "array", "items": ROUTE, "description": "The routes."},
+        },
+        required=["version", "upstreams", "routes"],
+    ),
+}

@@ -1,0 +1,43 @@
+"""The shape every policy has, and the per-request state they share.
+
+Like a Kong plugin: a fixed ORDER, an access step that may end the request by
+returning (or raising) a response, and a response step run in reverse order.
+Whatever a later step needs (the identity, headers for the upstream) is left on
+the RequestContext, never in globals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from werkzeug.wrappers import Request, Response
+
+from gateway.clientinfo import ClientInfo
+
+if TYPE_CHECKING:
+    from gateway.routing import CompiledRoute
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request: Request
+    request_id: str
+    client: ClientInfo
+    public_base: str  # scheme://host[/prefix] the client reaches the gateway at
+    started: float  # time.perf_counter() at arrival
+    route: CompiledRoute | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    # headers a policy wants the upstream to receive (identity, version...)
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+    upstream_ms: float | None = None
+
+
+class Policy(Protocol):
+    ORDER: ClassVar[int]
+
+    def on_request(self, ctx: RequestContext) -> Response | None:
+        """Inspect the request; return a Response (or raise GatewayError) to end it."""
+
+    def on_response(self, ctx: RequestContext, response: Response) -> Response:
+        """Adjust the response on its way out (runs in reverse ORDER)."""

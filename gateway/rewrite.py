@@ -1,0 +1,117 @@
+"""Upstream addresses in `Link` and `Location` headers, turned into public ones.
+
+A client must never learn an upstream's address (CONTRACT §4). An upstream URL is
+mapped back through the route table: its path is matched against the routes'
+`upstream_path` templates (the current route first, then every route of that
+upstream) and rebuilt from the winning route's public `path`, query kept.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import Map, MapAdapter, Rule
+
+from gateway.config.model import Route, Upstream
+from gateway.paths import PathTemplate
+
+_LINK_TARGET = re.compile(r"<([^>]*)>")
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    parts = urlsplit(url)
+    if not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    return parts.scheme.lower(), parts.hostname.lower(), port
+
+
+@dataclass(frozen=True, slots=True)
+class _UpstreamPaths:
+    base_path: str
+    adapter: MapAdapter
+
+
+class LinkRewriter:
+    def __init__(self, upstreams: dict[str, Upstream], routes: tuple[Route, ...]) -> None:
+        self._routes = routes
+        self._public = [PathTemplate.parse(r.path) for r in routes]
+        self._upstream_regex = [PathTemplate.parse(r.upstream_path).regex for r in routes]
+        self._by_origin: dict[tuple[str, str, int], str] = {}
+        self._upstreams: dict[str, _UpstreamPaths] = {}
+        for name, upstream in upstreams.items():
+            origin = _origin(upstream.url)
+            if origin:
+                self._by_origin.setdefault(origin, name)
+            rules = [
+                Rule(PathTemplate.parse(r.upstream_path).werkzeug_rule, endpoint=index)
+                for index, r in enumerate(routes)
+                if r.upstream == name
+            ]
+            url_map = Map(rules, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
+            self._upstreams[name] = _UpstreamPaths(
+                urlsplit(upstream.url).path.rstrip("/"),
+                url_map.bind("upstream.invalid"),
+            )
+
+    def rewrite(self, value: str, *, upstream: str, route_index: int, public_base: str) -> str:
+        """One URL: upstream-relative or pointing at an upstream -> public."""
+        parts = urlsplit(value)
+        if parts.scheme or parts.netloc:
+            owner = self._by_origin.get(_origin(value) or ("", "", 0))
+            if owner is None:
+                return value  # not ours: an outside link stays as written
+        elif value.startswith("/"):
+            owner = upstream
+        else:
+            return value
+        paths = self._upstreams[owner]
+        path = parts.path or "/"
+        if paths.base_path:
+            if not (path == paths.base_path or path.startswith(paths.base_path + "/")):
+                return public_base + path + (f"?{parts.query}" if parts.query else "")
+            path = path[len(paths.base_path) :] or "/"
+        public_path = self._public_path(path, owner, route_index) or path
+        query = f"?{parts.query}" if parts.query else ""
+        fragment = f"#{parts.fragment}" if parts.fragment else ""
+        return public_base + public_path + query + fragment
+
+    def _public_path(self, path: str, owner: str, route_index: int) -> str | None:
+        current = self._routes[route_index]
+        if current.upstream == owner:
+            match = self._upstream_regex[route_index].fullmatch(path)
+            if match:
+                params = {k: unquote(v) for k, v in match.groupdict().items()}
+                return self._expand(route_index, params)
+        try:
+            index, matched = self._upstreams[owner].adapter.match(unquote(path), "GET")
+        except HTTPException:
+            return None
+        return self._expand(int(index), dict(matched))
+
+    def _expand(self, index: int, params: dict[str, str]) -> str | None:
+        try:
+            return self._public[index].expand(params)
+        except (KeyError, ValueError):
+            return None
+
+    def rewrite_link_header(
+        self, value: str, *, upstream: str, route_index: int, public_base: str
+    ) -> str:
+        """Every `<URI>` of an RFC 8288 Link header value."""
+        return _LINK_TARGET.sub(
+            lambda m: (
+                "<"
+                + self.rewrite(
+                    m.group(1), upstream=upstream, route_index=route_index, public_base=public_base
+                )
+                + ">"
+            ),
+            value,
+        )

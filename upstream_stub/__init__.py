@@ -1,0 +1,1 @@
+"""The bundled stub upstream (users and orders services) for demos and tests."""
