@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 from flask import Flask, request
 from flask.typing import ResponseReturnValue
@@ -17,6 +17,7 @@ from gateway.clientinfo import client_info
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.observability import log_access, request_id_for, setup_logging
 from gateway.paths import PathTemplate, unsafe_path_reason
+from gateway.policies.auth import DenyUnverified
 from gateway.policies.base import Policy, RequestContext
 from gateway.policies.body_limit import BodyLimit
 from gateway.policies.chain import PolicyChain
@@ -38,14 +39,24 @@ BuiltinHandler = Callable[["Gateway", RequestContext], Response]
 
 
 def raw_request_path(environ: dict[str, object]) -> str:
-    """The path as the client sent it, before any decoding (gunicorn: RAW_URI)."""
+    """The path as the client sent it, before any decoding (gunicorn: RAW_URI).
+
+    The gateway routes on this, never on SCRIPT_NAME/PATH_INFO, which a server may
+    have shortened on a client's say-so.
+    """
     raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
     if isinstance(raw, str) and raw:
         if not raw.startswith("/"):  # absolute-form request target
             raw = urlsplit(raw).path or "/"
-        return raw.split("?", 1)[0]
+        return raw.split("?", 1)[0].split("#", 1)[0]
     path = environ.get("PATH_INFO", "/")
-    return quote(path if isinstance(path, str) else "/", safe="/%;:@&=+$,!~*'()")
+    # WSGI strings are latin-1 decoded bytes: re-encode those bytes, not their UTF-8.
+    data = path.encode("latin-1", "replace") if isinstance(path, str) else b"/"
+    return quote(data, safe="/%;:@&=+$,!~*'()")
+
+
+def decoded_path(raw_path: str) -> str:
+    return unquote(raw_path, encoding="utf-8", errors="replace")
 
 
 class Gateway:
@@ -64,6 +75,8 @@ class Gateway:
         compiled = []
         for index, route in enumerate(config.routes):
             policies: list[Policy] = [BodyLimit(config.gateway.max_body_bytes)]
+            if not route.is_public:
+                policies.append(DenyUnverified())
             compiled.append(
                 CompiledRoute(
                     index=index,
@@ -76,30 +89,33 @@ class Gateway:
             )
         return compiled
 
-    def context(self, req: Request) -> RequestContext:
+    def context(self, req: Request, request_id: str) -> RequestContext:
         client = client_info(req, self.config.gateway.trusted_proxies)
         public_base = self.config.gateway.public_url or f"{client.proto}://{client.host}"
+        raw_path = raw_request_path(req.environ)
         return RequestContext(
             request=req,
-            request_id=request_id_for(req),
+            raw_path=raw_path,
+            path=decoded_path(raw_path),
+            request_id=request_id,
             client=client,
             public_base=public_base,
             started=time.perf_counter(),
         )
 
     def handle(self, req: Request) -> Response:
-        ctx = self.context(req)
+        ctx = self.context(req, request_id_for(req))
         try:
             response = self._route(ctx)
         except GatewayError as error:
-            response = error_response(error, instance=req.path, request_id=ctx.request_id)
+            response = error_response(error, instance=ctx.path, request_id=ctx.request_id)
         except HTTPException as exc:
-            response = http_exception_response(exc, instance=req.path, request_id=ctx.request_id)
+            response = http_exception_response(exc, instance=ctx.path, request_id=ctx.request_id)
         except Exception:
             log.exception("unhandled error, request_id=%s", ctx.request_id)
             response = error_response(
                 InternalError("The gateway failed to handle the request."),
-                instance=req.path,
+                instance=ctx.path,
                 request_id=ctx.request_id,
             )
         response.headers["X-Request-ID"] = ctx.request_id
@@ -108,17 +124,17 @@ class Gateway:
 
     def _route(self, ctx: RequestContext) -> Response:
         req = ctx.request
-        reason = unsafe_path_reason(raw_request_path(req.environ))
+        reason = unsafe_path_reason(ctx.raw_path)
         if reason:
             raise InvalidPath(f"The request path is refused: {reason}.")
-        builtin = self.builtins.get(req.path)
+        builtin = self.builtins.get(ctx.path)
         if builtin is not None:
             if req.method not in ("GET", "HEAD"):
                 raise MethodNotAllowed(
-                    f"{req.method} is not allowed on {req.path}.", allowed=["GET", "HEAD"]
+                    f"{req.method} is not allowed on {ctx.path}.", allowed=["GET", "HEAD"]
                 )
             return builtin(self, ctx)
-        match = self.table.match(req.method, req.path)
+        match = self.table.match(req.method, ctx.path)
         ctx.route, ctx.params = match.route, match.params
         return match.route.chain.run(ctx, self.forwarder.forward)
 
@@ -134,7 +150,7 @@ class Gateway:
         log_access(
             request_id=ctx.request_id,
             method=ctx.request.method,
-            path=ctx.request.path.encode("unicode_escape").decode("ascii"),
+            path=ctx.path.encode("unicode_escape").decode("ascii"),
             route=ctx.route.route.name if ctx.route else None,
             status=response.status_code,
             duration_ms=round((time.perf_counter() - ctx.started) * 1000, 3),

@@ -13,9 +13,10 @@ from gateway.config import Config, ConfigError, load_config, resolve_config_path
 from gateway.config.schema import SCHEMA
 
 
-def _load(path: str | None, *, out: TextIO = sys.stderr) -> Config:
+def _load(path: str | None, *, out: TextIO | None = None) -> Config:
     """The config, or exit 1 after printing every problem as FILE:LINE:COL: message."""
     resolved = resolve_config_path(path)
+    out = out or sys.stderr
     try:
         return load_config(resolved)
     except ConfigError as exc:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from gateway.app import Gateway, raw_request_path
+from gateway.app import Gateway
 from gateway.config import Config
+from gateway.observability import request_id_for
 from gateway.paths import unsafe_path_reason
 from gateway.problems import GatewayError
 
@@ -28,15 +29,15 @@ def explain(
     request = Request(environ)
     gateway = Gateway(config)
     try:
-        ctx = gateway.context(request)
+        ctx = gateway.context(request, request_id_for(request))
         lines = [f"request:   {method} {target}"]
-        reason = unsafe_path_reason(raw_request_path(environ))
+        reason = unsafe_path_reason(ctx.raw_path)
         if reason:
             return lines + [f"answer:    400 invalid_path ({reason})"], False
-        if request.path in gateway.builtins:
+        if ctx.path in gateway.builtins:
             return lines + ["answer:    built-in endpoint, answered by the gateway"], False
         try:
-            match = gateway.table.match(method, request.path)
+            match = gateway.table.match(method, ctx.path)
         except GatewayError as error:
             extra = f"; Allow: {error.headers['Allow']}" if "Allow" in error.headers else ""
             return lines + [

@@ -118,8 +118,21 @@ class PathTemplate:
         return re.compile("/" + "/".join(parts) + "/?" if parts else "/")
 
     def example(self) -> str:
-        """A concrete path this template matches, with a neutral value per parameter."""
-        return "/" + "/".join(f"x-{s.text}" if s.param else s.text for s in self.segments)
+        """A concrete path this template matches, with a neutral value per parameter.
+
+        A {name:path} parameter gets many segments, so a template with a one-segment
+        parameter in the same place is not mistaken for one that hides it.
+        """
+        # "{name}" can never equal a literal segment (literals have no braces), so the
+        # example path exercises the parameter, not a literal route that happens to match.
+        return "/" + "/".join(
+            "/".join([f"{{{s.text}}}"] * 8)
+            if s.param == "path"
+            else f"{{{s.text}}}"
+            if s.param
+            else s.text
+            for s in self.segments
+        )
 
     def expand(self, values: Mapping[str, str]) -> str:
         """Build a path from decoded parameter values, each percent-encoded again.
@@ -133,7 +146,10 @@ class PathTemplate:
                 out.append(s.text)
                 continue
             parts = values[s.text].split("/") if s.param == "path" else [values[s.text]]
-            for part in parts:
+            # A {name:path} value may end in "/": that empty segment is a trailing slash.
+            trailing_slash = s.param == "path" and len(parts) > 1 and parts[-1] == ""
+            checked = parts[:-1] if trailing_slash else parts
+            for part in checked:
                 if part in ("", ".", ".."):
                     raise ValueError(f"parameter {s.text!r} holds an empty or dot segment")
             out.append("/".join(quote(part, safe="") for part in parts))
@@ -142,6 +158,8 @@ class PathTemplate:
 
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC])")
 _DOUBLE_ENCODED = re.compile(r"%25(?:2[eEfF]|5[cC]|00|3[bB])")
+# Still an escape of a dangerous character after one decoding: %252e, %25%32%65...
+_ENCODED_AFTER_DECODING = re.compile(r"%(?:2[eEfF5]|5[cC]|00|3[bB])")
 _PERCENT_OK = re.compile(r"%[0-9A-Fa-f]{2}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -168,6 +186,8 @@ def unsafe_path_reason(raw_path: str) -> str | None:
         return "the path is not valid UTF-8"
     if _CONTROL.search(decoded) or _CONTROL.search(raw_path):
         return "the path holds control characters"
+    if _ENCODED_AFTER_DECODING.search(decoded):
+        return "the path holds double-encoded characters"
     segments = decoded.split("/")[1:]
     for index, segment in enumerate(segments):
         if segment in (".", ".."):

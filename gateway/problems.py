@@ -79,6 +79,10 @@ _STATUS_CODES = {
 }
 
 
+# RFC 9110 renamed these; Python's http module still has the RFC 7231 phrases.
+_TITLES = {413: "Content Too Large", 422: "Unprocessable Content"}
+
+
 def problem_type(status: int) -> str:
     section = _RFC9110_SECTION.get(status)
     if section is None:
@@ -87,6 +91,8 @@ def problem_type(status: int) -> str:
 
 
 def status_title(status: int) -> str:
+    if status in _TITLES:
+        return _TITLES[status]
     try:
         return HTTPStatus(status).phrase
     except ValueError:
@@ -223,11 +229,13 @@ def http_exception_response(exc: HTTPException, *, instance: str, request_id: st
             if name in exc.response.headers:
                 headers[name] = exc.response.headers[name]
     detail = exc.description or status_title(status)
+    code = status_code_name(status)
     if status >= 500:
         detail = "The gateway failed to handle the request."
+        code = InternalError.code if status == 500 else code
     body = problem_body(
         status,
-        status_code_name(status),
+        code,
         status_title(status),
         detail,
         instance=instance,

@@ -25,7 +25,6 @@ from werkzeug.wrappers import Request, Response
 from gateway.config.model import Config, Upstream
 from gateway.deadline import DeadlineBackend, deadline_at
 from gateway.policies.base import RequestContext
-from gateway.policies.body_limit import too_large
 from gateway.problems import (
     BadRequest,
     InvalidPath,
@@ -89,16 +88,20 @@ _CHUNK = 64 * 1024
 _MAX_ERROR_BODY = 64 * 1024
 
 
+class RelayedResponse(Response):
+    """An upstream's response as it was: no Content-Type invented where it sent none."""
+
+    default_mimetype = None
+
+
 class UpstreamBodyAborted(Exception):
     """The upstream failed after the response started: the client connection is cut so
     a truncated body can never pass for a complete one."""
 
 
-def _connection_named(headers: Any) -> set[str]:
-    named: set[str] = set()
-    for value in headers.getlist("Connection") if hasattr(headers, "getlist") else []:
-        named.update(token.strip().lower() for token in value.split(","))
-    return named
+def _connection_named(values: list[str]) -> set[str]:
+    """The field names a Connection header lists (RFC 9110 §7.6.1): hop-by-hop too."""
+    return {token.strip().lower() for value in values for token in value.split(",")}
 
 
 def _ssl_context(upstream: Upstream) -> ssl.SSLContext | bool:
@@ -147,7 +150,6 @@ def _query(request: Request) -> str:
 class Forwarder:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.max_body_bytes = config.gateway.max_body_bytes
         self.clients = {name: _client(u) for name, u in config.upstreams.items()}
         self.rewriter = LinkRewriter(dict(config.upstreams), config.routes)
 
@@ -165,7 +167,7 @@ class Forwarder:
 
     def request_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.request
-        drop = _REQUEST_OWN | _connection_named(request.headers)
+        drop = _REQUEST_OWN | _connection_named(request.headers.getlist("Connection"))
         headers = [
             (name, value)
             for name, value in request.headers.items()
@@ -183,8 +185,11 @@ class Forwarder:
         headers += list(ctx.upstream_headers.items())
         return headers
 
-    def _body(self, request: Request) -> tuple[bytes | Iterator[bytes], int | None]:
+    def _body(self, ctx: RequestContext) -> tuple[bytes | Iterator[bytes], int | None]:
         """The body to send, and whether it can be sent again (its length if bytes)."""
+        if ctx.body is not None:  # a chunked upload, already read under the limit
+            return ctx.body, len(ctx.body)
+        request = ctx.request
         stream = request.stream
         declared = request.headers.get("Content-Length")
         if declared is not None:
@@ -195,15 +200,6 @@ class Forwarder:
                     raise ClientDisconnected()
                 return data, size
             return _iter_stream(stream, size), None
-        if "chunked" in request.headers.get("Transfer-Encoding", "").lower():
-            # No declared size: read it all under the limit before connecting, so an
-            # oversized upload is a 413 and never a half-forwarded request.
-            buffer = bytearray()
-            while chunk := stream.read(_CHUNK):
-                buffer += chunk
-                if len(buffer) > self.max_body_bytes:
-                    raise too_large(self.max_body_bytes)
-            return bytes(buffer), len(buffer)
         return b"", 0
 
     def forward(self, ctx: RequestContext) -> Response:
@@ -213,7 +209,7 @@ class Forwarder:
         url = self.upstream_url(ctx)
         method = ctx.request.method
         try:
-            content, replayable = self._body(ctx.request)
+            content, replayable = self._body(ctx)
         except ClientDisconnected:
             raise BadRequest("The request body ended before its declared length.") from None
         headers = self.request_headers(ctx)
@@ -245,13 +241,18 @@ class Forwarder:
             try:
                 with deadline_at(deadline):
                     return client.send(request, stream=True)
-            except httpx.ConnectError as exc:
+            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
                 # Nothing reached the upstream: safe to try again for idempotent methods.
                 pause = random.uniform(0.01, 0.05 * 2**attempt)
                 if attempt < attempts and time.monotonic() + pause < deadline:
                     log.info("retrying %s %s after connect failure: %s", method, upstream.name, exc)
                     time.sleep(pause)
                     continue
+                if isinstance(exc, httpx.ConnectTimeout):
+                    raise UpstreamTimeout(
+                        f"The {upstream.name} service did not accept a connection within "
+                        f"{upstream.connect_timeout:g} seconds."
+                    ) from None
                 raise self._unavailable(upstream, "refused the connection") from None
             except ClientDisconnected:
                 raise BadRequest("The request body ended before its declared length.") from None
@@ -262,8 +263,8 @@ class Forwarder:
                 ) from None
             except httpx.TimeoutException:
                 raise UpstreamTimeout(
-                    f"The {upstream.name} service did not answer within "
-                    f"{upstream.timeout:g} seconds.",
+                    f"The {upstream.name} service did not answer within its deadline "
+                    f"({upstream.connect_timeout + upstream.timeout:g} seconds).",
                 ) from None
             except httpx.HTTPError as exc:
                 log.warning("upstream %s failed: %s: %s", upstream.name, type(exc).__name__, exc)
@@ -278,7 +279,7 @@ class Forwarder:
         self, ctx: RequestContext, upstream_response: httpx.Response, *, error: bool
     ) -> Headers:
         assert ctx.route is not None
-        drop = set(_RESPONSE_DROP) | _connection_named(upstream_response.headers)
+        drop = _RESPONSE_DROP | _connection_named(upstream_response.headers.get_list("Connection"))
         if error:
             drop |= _ERROR_BODY_FIELDS
         headers = Headers()
@@ -311,9 +312,16 @@ class Forwarder:
         status = upstream_response.status_code
         if status >= 400:
             return self._error_response(ctx, upstream_response, deadline)
+        if 300 <= status < 400 and status != 304:
+            # A redirect's body is a page naming the Location it points at, i.e. the
+            # upstream's own address: the client gets the rewritten header only.
+            upstream_response.close()
+            headers = self._response_headers(ctx, upstream_response, error=True)
+            headers["Content-Length"] = "0"
+            return RelayedResponse(b"", status=status, headers=headers)
         headers = self._response_headers(ctx, upstream_response, error=False)
         body = _relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
-        return Response(body, status=status, headers=headers, direct_passthrough=True)
+        return RelayedResponse(body, status=status, headers=headers, direct_passthrough=True)
 
     def _error_response(
         self, ctx: RequestContext, upstream_response: httpx.Response, deadline: float
@@ -339,7 +347,7 @@ class Forwarder:
         else:
             headers = self._response_headers(ctx, upstream_response, error=True)
         problem = upstream_problem(
-            status, content_type, body, instance=ctx.request.path, request_id=ctx.request_id
+            status, content_type, body, instance=ctx.path, request_id=ctx.request_id
         )
         return render(problem, status, headers)
 

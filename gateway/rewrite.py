@@ -43,12 +43,15 @@ class LinkRewriter:
         self._routes = routes
         self._public = [PathTemplate.parse(r.path) for r in routes]
         self._upstream_regex = [PathTemplate.parse(r.upstream_path).regex for r in routes]
-        self._by_origin: dict[tuple[str, str, int], str] = {}
+        # Several upstreams may share one origin under different base paths.
+        self._by_origin: dict[tuple[str, str, int], list[str]] = {}
+        self._origin_of: dict[str, tuple[str, str, int]] = {}
         self._upstreams: dict[str, _UpstreamPaths] = {}
         for name, upstream in upstreams.items():
             origin = _origin(upstream.url)
             if origin:
-                self._by_origin.setdefault(origin, name)
+                self._by_origin.setdefault(origin, []).append(name)
+                self._origin_of[name] = origin
             rules = [
                 Rule(PathTemplate.parse(r.upstream_path).werkzeug_rule, endpoint=index)
                 for index, r in enumerate(routes)
@@ -64,23 +67,39 @@ class LinkRewriter:
         """One URL: upstream-relative or pointing at an upstream -> public."""
         parts = urlsplit(value)
         if parts.scheme or parts.netloc:
-            owner = self._by_origin.get(_origin(value) or ("", "", 0))
-            if owner is None:
-                return value  # not ours: an outside link stays as written
+            origin = _origin(value)
         elif value.startswith("/"):
-            owner = upstream
+            origin = self._origin_of.get(upstream)
         else:
             return value
-        paths = self._upstreams[owner]
+        candidates = self._by_origin.get(origin) if origin else None
+        if not candidates:
+            return value  # not ours: an outside link stays as written
         path = parts.path or "/"
-        if paths.base_path:
-            if not (path == paths.base_path or path.startswith(paths.base_path + "/")):
-                return public_base + path + (f"?{parts.query}" if parts.query else "")
-            path = path[len(paths.base_path) :] or "/"
-        public_path = self._public_path(path, owner, route_index) or path
         query = f"?{parts.query}" if parts.query else ""
         fragment = f"#{parts.fragment}" if parts.fragment else ""
+        owner = self._owner(path, candidates, upstream)
+        if owner is None:
+            return public_base + path + query + fragment
+        base_path = self._upstreams[owner].base_path
+        path = path[len(base_path) :] or "/"
+        public_path = self._public_path(path, owner, route_index) or path
         return public_base + public_path + query + fragment
+
+    def _owner(self, path: str, candidates: list[str], current: str) -> str | None:
+        """The upstream whose base path holds `path`: the current one first, then the
+        longest base path."""
+
+        def holds(name: str) -> bool:
+            base = self._upstreams[name].base_path
+            return not base or path == base or path.startswith(base + "/")
+
+        if current in candidates and holds(current):
+            return current
+        holding = [name for name in candidates if holds(name)]
+        if not holding:
+            return None
+        return max(holding, key=lambda name: len(self._upstreams[name].base_path))
 
     def _public_path(self, path: str, owner: str, route_index: int) -> str | None:
         current = self._routes[route_index]

@@ -1,36 +1,95 @@
-"""Running the gateway under gunicorn (gthread workers) from `gateway serve`."""
+"""Running the gateway under gunicorn: its settings, its worker, `gateway serve`.
+
+The same settings serve `gateway serve` and `gunicorn -c gunicorn.conf.py
+"gateway:create_app()"`, so the two ways to run it behave alike.
+"""
 
 from __future__ import annotations
 
+import json
+import socket
+import uuid
+from http import HTTPStatus
 from typing import Any
 
+from gunicorn import util as gunicorn_util  # type: ignore[import-untyped]
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
+from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
 from gateway.config import Config
+from gateway.problems import PROBLEM_JSON, problem_type, status_code_name, status_title
+
+# Settings every gateway process needs, whatever the deployment.
+HARDENED_SETTINGS: dict[str, Any] = {
+    "worker_class": "gateway.serving.GatewayWorker",
+    # The gateway decides which proxies to believe (gateway.trusted_proxies); gunicorn
+    # must not turn a client's X-Forwarded-Proto or SCRIPT_NAME header into the
+    # request's scheme or path on its own.
+    "forwarded_allow_ips": "",
+    # Headers with "_" are dropped: X_User_Id must not slip past the identity header
+    # filter as a twin of X-User-Id.
+    "header_map": "drop",
+    "accesslog": None,  # the gateway writes its own JSON access log
+    # A worker stuck longer than this is replaced; upstream deadlines end well before.
+    "timeout": 60,
+    "graceful_timeout": 30,
+    "keepalive": 5,
+    "proc_name": "gateway",
+}
 
 
 def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
     return {
+        **HARDENED_SETTINGS,
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
-        "worker_class": "gthread",
-        # A worker stuck longer than this is replaced; upstream deadlines end well before.
-        "timeout": 60,
-        "graceful_timeout": 30,
-        "keepalive": 5,
-        # Headers with "_" are dropped: X_User_Id must not slip past the identity
-        # header filter as a twin of X-User-Id.
-        "header_map": "drop",
-        "accesslog": None,  # the gateway writes its own JSON access log
         "errorlog": "-",
         "loglevel": "info",
-        "proc_name": "gateway",
     }
 
 
+def write_problem_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
+    """gunicorn's own error answer (a request it could not parse), as problem+json."""
+    request_id = uuid.uuid4().hex
+    try:
+        title = status_title(status) if status in HTTPStatus._value2member_map_ else reason
+    except ValueError:  # pragma: no cover - defensive
+        title = reason
+    body = json.dumps(
+        {
+            "type": problem_type(status),
+            "title": title,
+            "status": status,
+            "detail": message or reason,
+            "instance": "",
+            "code": status_code_name(status),
+            "request_id": request_id,
+        }
+    ).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\n"
+        "Connection: close\r\n"
+        f"Content-Type: {PROBLEM_JSON}\r\n"
+        f"Content-Length: {len(body)}\r\n"
+        f"X-Request-ID: {request_id}\r\n"
+        "Cache-Control: no-store\r\n\r\n"
+    ).encode("latin-1")
+    gunicorn_util.write_nonblock(sock, head + body)
+
+
+class GatewayWorker(ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, answering its own errors as problem+json too."""
+
+    def init_process(self) -> None:
+        # gunicorn writes its error pages through this one function; in a gateway
+        # worker process every error a client sees must be problem+json.
+        gunicorn_util.write_error = write_problem_error
+        super().init_process()
+
+
 class GatewayServer(BaseApplication):  # type: ignore[misc]
-    """gunicorn with our options; each worker builds its own app from the config path."""
+    """gunicorn with our options; each worker builds its own app from the Config."""
 
     def __init__(self, config: Config, options: dict[str, Any]) -> None:
         self.gateway_config = config

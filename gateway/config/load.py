@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
 from collections.abc import Iterator, Mapping
 from pathlib import Path as FilePath
 from types import MappingProxyType
@@ -57,6 +58,8 @@ _STORAGE_SCHEMES = {
     "valkey+sentinel",
 }
 DEFAULT_CONFIG_PATH = "routes.yaml"
+# Answered by the gateway itself, before the route table.
+RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 def resolve_config_path(explicit: str | None = None) -> str:
@@ -75,8 +78,12 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
 
 def load_config_text(text: str, file: str, environ: Mapping[str, str] | None = None) -> Config:
     document = parse(text, file, os.environ if environ is None else environ)
-    problems = list(_schema_problems(document))
-    problems += _Checker(document).run()
+    problems = list(document.problems)
+    # A value that could not be read (unset ${VAR}, refused tag) is not reported again
+    # by the checks that then see it empty.
+    unreadable = {(p.line, p.column) for p in problems}
+    later = list(_schema_problems(document)) + _Checker(document).run()
+    problems += [p for p in later if (p.line, p.column) not in unreadable]
     if problems:
         raise ConfigError(problems)
     return _build(document)
@@ -94,7 +101,13 @@ def _schema_problems(document: Document) -> Iterator[ConfigProblem]:
         path = cast(Path, tuple(error.absolute_path))
         where = _display(path)
         kind = error.validator
-        if kind == "additionalProperties" and isinstance(error.instance, dict):
+        if "propertyNames" in error.schema_path:
+            yield document.problem(
+                (*path, str(error.instance)),
+                f"{where}: name {error.instance!r} may use only letters, digits, '.', '_' and '-'",
+                key=True,
+            )
+        elif kind == "additionalProperties" and isinstance(error.instance, dict):
             allowed = list(cast(dict[str, Any], error.schema).get("properties", {}))
             for key in error.instance:
                 if key in allowed:
@@ -122,10 +135,6 @@ def _schema_problems(document: Document) -> Iterator[ConfigProblem]:
             yield document.problem(path, f"{where}: {error.instance!r} is not one of: {shown}")
         elif kind == "pattern" and path and path[-1] == "sha256":
             yield document.problem(path, f"{where}: must be 64 hex characters (a SHA-256 digest)")
-        elif kind == "propertyNames":
-            yield document.problem(
-                path, f"{where}: names may use only letters, digits, '.', '_' and '-'"
-            )
         else:
             yield document.problem(path, f"{where}: {error.message}", key=kind == "type")
 
@@ -349,11 +358,13 @@ class _Checker:
                 allow_path=True,
             )
             bundle = upstream.get("ca_bundle")
-            if isinstance(bundle, str) and not self._relative(bundle).is_file():
-                self.fail(
-                    ("upstreams", name, "ca_bundle"),
-                    f"upstream {name!r} ca_bundle {bundle!r} does not exist",
-                )
+            if isinstance(bundle, str):
+                problem = _ca_bundle_problem(self._relative(bundle))
+                if problem:
+                    self.fail(
+                        ("upstreams", name, "ca_bundle"),
+                        f"upstream {name!r} ca_bundle {bundle!r} {problem}",
+                    )
 
     def _routes(self) -> None:
         routes = self.data.get("routes")
@@ -393,6 +404,11 @@ class _Checker:
             for method in {m for m in methods if methods.count(m) > 1}:
                 self.fail((*at, "methods"), f"{label}: method {method} is listed twice")
             template = self._template((*at, "path"), route.get("path"), label)
+            if template and template.text.rstrip("/") in RESERVED_PATHS:
+                self.fail(
+                    (*at, "path"),
+                    f"{label}: {template.text} is the gateway's own endpoint and cannot be routed",
+                )
             upstream_template = (
                 self._template(
                     (*at, "upstream_path"),
@@ -422,9 +438,10 @@ class _Checker:
             if isinstance(auth, list):
                 if "jwt" in auth and not isinstance(_get(self.data, "auth", "jwt"), dict):
                     self.fail((*at, "auth"), f"{label}: uses jwt, but auth.jwt is not configured")
-                if "api_key" in auth and not isinstance(_get(self.data, "auth", "api_keys"), dict):
+                if "api_key" in auth and not _get(self.data, "auth", "api_keys", "keys"):
                     self.fail(
-                        (*at, "auth"), f"{label}: uses api_key, but auth.api_keys is not configured"
+                        (*at, "auth"),
+                        f"{label}: uses api_key, but auth.api_keys has no keys",
                     )
             self._rate_limits((*at, "rate_limit"))
             if template and methods:
@@ -477,6 +494,16 @@ def _werkzeug_map(entries: Iterator[tuple[int, PathTemplate, list[str]]] | Any) 
     return Map(rules, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
 
 
+def _ca_bundle_problem(path: FilePath) -> str | None:
+    if not path.is_file():
+        return "does not exist"
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        return f"is not a PEM file of CA certificates ({exc})"
+    return None
+
+
 def resolve_relative(config_file: str, name: str) -> FilePath:
     """Files named in the config are relative to the config file's folder."""
     candidate = FilePath(name)
@@ -502,7 +529,7 @@ def _build(document: Document) -> Config:
             jwks_url=jwt_data.get("jwks_url") or None,
             public_key_file=str(resolve_relative(file, key_file)) if key_file else None,
             secret=jwt_data.get("secret") or None,
-            leeway=jwt_data.get("leeway", 30),
+            leeway=int(jwt_data.get("leeway", 30)),
             roles_claim=jwt_data.get("roles_claim", "role"),
         )
     keys_data = auth.get("api_keys")
@@ -522,8 +549,8 @@ def _build(document: Document) -> Config:
             url=u["url"].rstrip("/"),
             connect_timeout=float(u.get("connect_timeout", 1.0)),
             timeout=float(u.get("timeout", 10.0)),
-            retries=u.get("retries", 1),
-            max_connections=u.get("max_connections", 100),
+            retries=int(u.get("retries", 1)),
+            max_connections=int(u.get("max_connections", 100)),
             ca_bundle=str(resolve_relative(file, u["ca_bundle"])) if u.get("ca_bundle") else None,
         )
         for name, u in data["upstreams"].items()
@@ -551,8 +578,8 @@ def _build(document: Document) -> Config:
         source=file,
         gateway=GatewaySettings(
             public_url=gw.get("public_url", "").rstrip("/"),
-            trusted_proxies=gw.get("trusted_proxies", 0),
-            max_body_bytes=gw.get("max_body_bytes", 1_048_576),
+            trusted_proxies=int(gw.get("trusted_proxies", 0)),
+            max_body_bytes=int(gw.get("max_body_bytes", 1_048_576)),
         ),
         cors=CorsSettings(
             allow_origins=tuple(cors.get("allow_origins", ())),
@@ -560,7 +587,7 @@ def _build(document: Document) -> Config:
             allow_methods=tuple(cors.get("allow_methods", defaults.allow_methods)),
             allow_headers=tuple(cors.get("allow_headers", ())),
             expose_headers=tuple(cors.get("expose_headers", ())),
-            max_age=cors.get("max_age", 600),
+            max_age=int(cors.get("max_age", 600)),
         ),
         auth=AuthSettings(jwt=jwt, api_keys=api_keys),
         rate_limits=RateLimitSettings(

@@ -186,7 +186,9 @@ UPSTREAM = _object(
         "connect_timeout": {**_POSITIVE_NUMBER, "description": "Seconds to connect."},
         "timeout": {
             **_POSITIVE_NUMBER,
-            "description": "Total seconds for one request, response body included.",
+            "description": "Seconds the upstream has to answer, response body included. "
+            "The whole exchange ends by connect_timeout + timeout, however slowly the "
+            "bytes arrive.",
         },
         "retries": {
             "type": "integer",

@@ -26,6 +26,7 @@ _CORE_TAGS = {
     "tag:yaml.org,2002:null",
 }
 _SEQ_TAG = "tag:yaml.org,2002:seq"
+_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _MAP_TAG = "tag:yaml.org,2002:map"
 # ${NAME} or ${NAME:-default}; $${ is a literal ${.
 _ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -47,6 +48,8 @@ class Document:
     # path -> position of the value; key_positions: path -> position of its key
     positions: dict[Path, Position] = field(default_factory=dict)
     key_positions: dict[Path, Position] = field(default_factory=dict)
+    # problems found while reading (tags, duplicate keys, ${ENV}); later checks add theirs
+    problems: list[ConfigProblem] = field(default_factory=list)
 
     def where(self, path: Path, *, key: bool = False) -> Position:
         """The nearest recorded position for `path` (its key's when `key`)."""
@@ -69,6 +72,14 @@ def _position(node: yaml.Node) -> Position:
     return Position(node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+MAX_NODES = 100_000
+
+
+class _TooLarge(Exception):
+    def __init__(self, node: yaml.Node) -> None:
+        self.node = node
+
+
 class _Builder:
     def __init__(self, file: str, environ: Mapping[str, str]) -> None:
         self.file = file
@@ -77,22 +88,35 @@ class _Builder:
         self.positions: dict[Path, Position] = {}
         self.key_positions: dict[Path, Position] = {}
         self._resolver = yaml.SafeLoader("")
+        self._building: set[int] = set()  # ids of the collections being built now
+        self._nodes = 0
 
     def fail(self, node: yaml.Node, message: str) -> None:
         pos = _position(node)
         self.problems.append(ConfigProblem(self.file, pos.line, pos.column, message))
 
     def build(self, node: yaml.Node, path: Path) -> Any:
+        self._nodes += 1
+        if self._nodes > MAX_NODES:
+            # Aliases can make a small file expand without end ("billion laughs").
+            raise _TooLarge(node)
         self.positions[path] = _position(node)
-        if isinstance(node, yaml.MappingNode):
-            return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
+        if isinstance(node, yaml.ScalarNode):
+            return self._scalar(node)
+        if id(node) in self._building:
+            self.fail(node, "an alias refers to a collection that contains it")
+            return None
+        self._building.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, path)
+            assert isinstance(node, yaml.SequenceNode)
             if node.tag != _SEQ_TAG:
                 self.fail(node, f"tag {node.tag!r} is not allowed (plain YAML only)")
                 return None
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        assert isinstance(node, yaml.ScalarNode)
-        return self._scalar(node)
+        finally:
+            self._building.discard(id(node))
 
     def _mapping(self, node: yaml.MappingNode, path: Path) -> Any:
         if node.tag != _MAP_TAG:
@@ -116,6 +140,9 @@ class _Builder:
         return result
 
     def _scalar(self, node: yaml.ScalarNode) -> Any:
+        if node.tag == _TIMESTAMP_TAG:
+            # An unquoted date (a Sunset date, say) stays the text it was written as.
+            return self._interpolate(node, node.value) if "$" in node.value else node.value
         if node.tag not in _CORE_TAGS:
             self.fail(node, f"tag {node.tag!r} is not allowed (plain YAML only)")
             return None
@@ -134,8 +161,10 @@ class _Builder:
             if match.group(0) == "$${":
                 return "${"
             name, default = match.group(1), match.group(2)
-            if name in self.environ:
-                return self.environ[name]
+            value = self.environ.get(name)
+            # As in the shell, ":-" also replaces a variable that is set but empty.
+            if value is not None and (value or default is None):
+                return value
             if default is not None:
                 return default
             missing.append(name)
@@ -152,13 +181,17 @@ class _Builder:
 
     def _retype(self, text: str) -> Any:
         tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
-        if tag in _CORE_TAGS:
+        # Numbers and booleans only: an empty value stays "", never null.
+        if tag in _CORE_TAGS and tag != "tag:yaml.org,2002:null":
             return self._resolver.construct_object(yaml.ScalarNode(tag, text))
         return text
 
 
 def parse(text: str, file: str, environ: Mapping[str, str]) -> Document:
-    """Parse YAML text into a Document, or raise ConfigError with every problem."""
+    """Parse YAML text into a Document carrying the problems found while reading it.
+
+    Raises ConfigError only when the text cannot be read as YAML at all.
+    """
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -171,7 +204,10 @@ def parse(text: str, file: str, environ: Mapping[str, str]) -> Document:
     if root is None:
         raise ConfigError([ConfigProblem(file, 1, 1, "the file is empty")])
     builder = _Builder(file, environ)
-    data = builder.build(root, ())
-    if builder.problems:
-        raise ConfigError(builder.problems)
-    return Document(file, data, builder.positions, builder.key_positions)
+    try:
+        data = builder.build(root, ())
+    except _TooLarge as exc:
+        pos = _position(exc.node)
+        message = f"the document expands to more than {MAX_NODES} values (aliases?)"
+        raise ConfigError([ConfigProblem(file, pos.line, pos.column, message)]) from None
+    return Document(file, data, builder.positions, builder.key_positions, builder.problems)

@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class RequestContext:
     request: Request
+    raw_path: str  # as the client sent it, percent-encoded
+    path: str  # raw_path decoded: what routes match
     request_id: str
     client: ClientInfo
     public_base: str  # scheme://host[/prefix] the client reaches the gateway at
@@ -31,6 +33,8 @@ class RequestContext:
     # headers a policy wants the upstream to receive (identity, version...)
     upstream_headers: dict[str, str] = field(default_factory=dict)
     upstream_ms: float | None = None
+    # a chunked request body, read whole under the body limit before any other check
+    body: bytes | None = None
 
 
 class Policy(Protocol):

@@ -1,7 +1,9 @@
-"""413 for a declared body over `max_body_bytes`, before anything reaches an upstream.
+"""413 for a body over `max_body_bytes`, before any other check and any upstream.
 
-Chunked bodies have no declared size: the forwarder reads them under the same limit
-before it connects (see proxy.py), so both paths end in the same 413.
+A declared Content-Length is compared at once. A chunked body has no declared size,
+so it is read here, whole and under the limit, and kept on the context for the
+forwarder: an oversized upload is a 413 (CONTRACT §3 puts it before 401) and is
+never half-forwarded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from werkzeug.wrappers import Response
 from gateway.policies.base import RequestContext
 from gateway.problems import BadRequest, PayloadTooLarge
 
+_CHUNK = 64 * 1024
+
 
 class BodyLimit:
     ORDER: ClassVar[int] = 20
@@ -23,6 +27,8 @@ class BodyLimit:
     def on_request(self, ctx: RequestContext) -> Response | None:
         declared = ctx.request.headers.get("Content-Length")
         if declared is None:
+            if "chunked" in ctx.request.headers.get("Transfer-Encoding", "").lower():
+                ctx.body = self._read_chunked(ctx)
             return None
         if not declared.isdigit():
             raise BadRequest("Content-Length is not a number.")
@@ -33,6 +39,15 @@ class BodyLimit:
                 max_body_bytes=self.max_body_bytes,
             )
         return None
+
+    def _read_chunked(self, ctx: RequestContext) -> bytes:
+        buffer = bytearray()
+        stream = ctx.request.stream
+        while chunk := stream.read(_CHUNK):
+            buffer += chunk
+            if len(buffer) > self.max_body_bytes:
+                raise too_large(self.max_body_bytes)
+        return bytes(buffer)
 
     def on_response(self, ctx: RequestContext, response: Response) -> Response:
         return response

@@ -38,7 +38,7 @@ class PolicyChain:
         except GatewayError as error:
             # Rendered here, not higher up, so the response hooks of the policies that
             # ran (CORS above all) also apply to error responses.
-            response = error_response(error, instance=ctx.request.path, request_id=ctx.request_id)
+            response = error_response(error, instance=ctx.path, request_id=ctx.request_id)
         for policy in reversed(ran):
             response = policy.on_response(ctx, response)
         return response
