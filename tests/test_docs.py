@@ -1,0 +1,110 @@
+"""The documentation cannot drift from the code: schema file, key coverage, examples."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import certifi
+import pytest
+
+from gateway.cli import main
+from gateway.config.load import load_config_text
+from gateway.config.schema import SCHEMA
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+REFERENCE = DOCS / "configuration.md"
+SCHEMA_FILE = DOCS / "routes.schema.json"
+
+# What the examples may need: environment variables without defaults, and the files
+# they name (resolved, like the gateway does, relative to the config file).
+EXAMPLE_ENVIRON = {"JWT_SECRET": "an-example-secret-of-at-least-32-bytes"}
+EXAMPLE_FILES = ("certs/internal-ca.pem", "keys/jwt-public.pem")
+
+_FENCE = re.compile(r"^```([A-Za-z0-9_-]*)[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+_CODE_SPAN = re.compile(r"`+([^`\n]+?)`+")
+
+
+def _property_names(schema: Any) -> Iterator[str]:
+    """Every key of every `properties` mapping, at any depth of the schema."""
+    if isinstance(schema, dict):
+        properties = schema.get("properties")
+        if isinstance(properties, dict):
+            yield from properties
+        for value in schema.values():
+            yield from _property_names(value)
+    elif isinstance(schema, list):
+        for item in schema:
+            yield from _property_names(item)
+
+
+def _code_blocks(language: str) -> list[tuple[int, str]]:
+    text = REFERENCE.read_text(encoding="utf-8")
+    return [
+        (text.count("\n", 0, match.start()) + 1, match.group(2))
+        for match in _FENCE.finditer(text)
+        if match.group(1) == language
+    ]
+
+
+def _is_full_config(block: str) -> bool:
+    """Starts with `version: 1` (after any leading comments, such as a modeline)."""
+    for line in block.splitlines():
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            return stripped == "version: 1"
+    return False
+
+
+FULL_EXAMPLES = [(line, block) for line, block in _code_blocks("yaml") if _is_full_config(block)]
+
+
+def test_published_schema_file_equals_the_schema_the_loader_uses() -> None:
+    with SCHEMA_FILE.open(encoding="utf-8") as handle:
+        assert json.load(handle) == SCHEMA
+
+
+def test_published_schema_file_is_exactly_what_gateway_schema_prints(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["schema"]) == 0
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == capsys.readouterr().out
+
+
+def test_every_schema_property_is_named_in_backticks_in_the_reference() -> None:
+    spans = set(_CODE_SPAN.findall(REFERENCE.read_text(encoding="utf-8")))
+    named = {span.strip() for span in spans}
+    named |= {span.strip().rsplit(".", 1)[-1] for span in spans if "." in span}
+    missing = sorted(set(_property_names(SCHEMA)) - named)
+    assert not missing, f"not documented in {REFERENCE.name}: {', '.join(missing)}"
+
+
+def test_property_walk_reaches_nested_and_additional_properties() -> None:
+    names = set(_property_names(SCHEMA))
+    # top level, nested object, array items, and upstreams' additionalProperties
+    assert {"version", "trusted_proxies", "sha256", "ca_bundle", "rate_limit_key"} <= names
+
+
+def test_reference_has_complete_examples_to_check() -> None:
+    assert len(FULL_EXAMPLES) >= 5
+
+
+@pytest.mark.parametrize(
+    "block", [block for _, block in FULL_EXAMPLES], ids=[f"line{n}" for n, _ in FULL_EXAMPLES]
+)
+def test_every_complete_yaml_example_in_the_reference_loads(block: str, tmp_path: Path) -> None:
+    for name in EXAMPLE_FILES:
+        target = tmp_path / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # A real PEM CA bundle: ca_bundle files are loaded, not only looked for.
+        target.write_bytes(Path(certifi.where()).read_bytes())
+    config = load_config_text(block, str(tmp_path / "routes.yaml"), EXAMPLE_ENVIRON)
+    assert config.routes, "an example should show at least one route"
+
+
+def test_editor_modeline_points_at_the_published_schema() -> None:
+    text = REFERENCE.read_text(encoding="utf-8")
+    assert "# yaml-language-server: $schema=docs/routes.schema.json" in text
