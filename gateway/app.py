@@ -15,12 +15,16 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.clientinfo import client_info
 from gateway.config import Config, load_config, resolve_config_path
+from gateway.credentials.apikeys import ApiKeyRing
+from gateway.credentials.jwt import JwtVerifier
 from gateway.observability import log_access, request_id_for, setup_logging
 from gateway.paths import PathTemplate, unsafe_path_reason
-from gateway.policies.auth import DenyUnverified
+from gateway.policies.auth import Authenticate
 from gateway.policies.base import Policy, RequestContext
 from gateway.policies.body_limit import BodyLimit
 from gateway.policies.chain import PolicyChain
+from gateway.policies.cors import Cors, is_preflight
+from gateway.policies.roles import RequireRoles
 from gateway.problems import (
     GatewayError,
     InternalError,
@@ -65,6 +69,9 @@ class Gateway:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.forwarder = Forwarder(config)
+        self.cors = Cors(config.cors)
+        self.verifier = JwtVerifier(config.auth.jwt) if config.auth.jwt else None
+        self.keyring = ApiKeyRing(config.auth.api_keys) if config.auth.api_keys else None
         self.table = RouteTable(self._compile(config))
         self.builtins: dict[str, BuiltinHandler] = {
             "/healthz": Gateway._healthz,
@@ -74,9 +81,12 @@ class Gateway:
     def _compile(self, config: Config) -> list[CompiledRoute]:
         compiled = []
         for index, route in enumerate(config.routes):
-            policies: list[Policy] = [BodyLimit(config.gateway.max_body_bytes)]
+            cors = Cors(route.cors) if route.cors else self.cors
+            policies: list[Policy] = [cors, BodyLimit(config.gateway.max_body_bytes)]
             if not route.is_public:
-                policies.append(DenyUnverified())
+                policies.append(Authenticate(route.auth, self.verifier, self.keyring))
+            if route.roles:
+                policies.append(RequireRoles(route.roles))
             compiled.append(
                 CompiledRoute(
                     index=index,
@@ -85,6 +95,7 @@ class Gateway:
                     upstream_template=PathTemplate.parse(route.upstream_path),
                     upstream=config.upstreams[route.upstream],
                     chain=PolicyChain(policies),
+                    cors=cors,
                 )
             )
         return compiled
@@ -118,15 +129,24 @@ class Gateway:
                 instance=ctx.path,
                 request_id=ctx.request_id,
             )
+        if not ctx.cors_applied:  # answered before any route's chain: the top-level CORS
+            self.cors.decorate(ctx, response)
         response.headers["X-Request-ID"] = ctx.request_id
         self._log(ctx, response)
         return response
+
+    def close(self) -> None:
+        self.forwarder.close()
+        if self.verifier is not None:
+            self.verifier.close()
 
     def _route(self, ctx: RequestContext) -> Response:
         req = ctx.request
         reason = unsafe_path_reason(ctx.raw_path)
         if reason:
             raise InvalidPath(f"The request path is refused: {reason}.")
+        if is_preflight(req.headers, req.method):
+            return self._preflight(ctx)
         builtin = self.builtins.get(ctx.path)
         if builtin is not None:
             if req.method not in ("GET", "HEAD"):
@@ -137,6 +157,16 @@ class Gateway:
         match = self.table.match(req.method, ctx.path)
         ctx.route, ctx.params = match.route, match.params
         return match.route.chain.run(ctx, self.forwarder.forward)
+
+    def _preflight(self, ctx: RequestContext) -> Response:
+        """CORS preflights are the gateway's to answer: no credentials, never forwarded."""
+        requested = ctx.request.headers.get("Access-Control-Request-Method", "").upper()
+        try:
+            match = self.table.match(requested, ctx.path)
+        except MethodNotAllowed:
+            return self.cors.preflight(ctx, route_methods=())
+        ctx.route = match.route
+        return match.route.cors.preflight(ctx, route_methods=match.route.route.methods)
 
     def _healthz(self, ctx: RequestContext) -> Response:
         return _json({"status": "ok"})

@@ -152,6 +152,9 @@ class Forwarder:
         self.config = config
         self.clients = {name: _client(u) for name, u in config.upstreams.items()}
         self.rewriter = LinkRewriter(dict(config.upstreams), config.routes)
+        # The API key is a credential for the gateway alone: never sent upstream.
+        api_key_header = config.auth.api_keys.header if config.auth.api_keys else "X-API-Key"
+        self.request_drop = _REQUEST_OWN | {api_key_header.lower()}
 
     def close(self) -> None:
         for client in self.clients.values():
@@ -167,7 +170,7 @@ class Forwarder:
 
     def request_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.request
-        drop = _REQUEST_OWN | _connection_named(request.headers.getlist("Connection"))
+        drop = self.request_drop | _connection_named(request.headers.getlist("Connection"))
         headers = [
             (name, value)
             for name, value in request.headers.items()

@@ -17,6 +17,7 @@ from werkzeug.routing import Map, Rule
 from gateway.config.model import Route, Upstream
 from gateway.paths import PathTemplate
 from gateway.policies.chain import PolicyChain
+from gateway.policies.cors import Cors
 from gateway.problems import MethodNotAllowed, NotFound
 
 
@@ -28,6 +29,7 @@ class CompiledRoute:
     upstream_template: PathTemplate
     upstream: Upstream
     chain: PolicyChain
+    cors: Cors  # also answers this route's preflights, which skip the chain
 
     def upstream_path(self, params: dict[str, str]) -> str:
         return self.upstream_template.expand(params)

@@ -7,6 +7,8 @@ from pathlib import Path
 from textwrap import dedent, indent
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.config import Config, ConfigError, load_config, load_config_text, resolve_config_path
 from gateway.config.model import (
@@ -657,7 +659,7 @@ def test_hs_algorithm_with_a_public_key_source_is_refused() -> None:
 
 
 def test_public_key_file_must_exist_next_to_the_config(tmp_path: Path) -> None:
-    (tmp_path / "key.pem").write_text("-----BEGIN PUBLIC KEY-----\n")
+    (tmp_path / "key.pem").write_bytes(rsa_public_pem())
     text = "version: 1\n" + jwt_file(
         """\
             issuer: http://issuer
@@ -677,6 +679,34 @@ def test_public_key_file_must_exist_next_to_the_config(tmp_path: Path) -> None:
     assert [str(p) for p in caught.value.problems] == [
         f"{config_file}:7:22: auth.jwt.public_key_file 'missing.pem' does not exist"
     ]
+
+
+def rsa_public_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_public_key_file_that_is_no_key_or_the_wrong_kind_is_a_problem(tmp_path: Path) -> None:
+    config_file = tmp_path / "routes.yaml"
+    text = "version: 1\n" + jwt_file(
+        """\
+            issuer: http://issuer
+            audience: gateway
+            algorithms: [ES256]
+            public_key_file: key.pem
+        """
+    )
+    config_file.write_text(text)
+    (tmp_path / "key.pem").write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(config_file), {})
+    (problem,) = caught.value.problems
+    assert "is not a PEM public key or certificate" in problem.message
+    (tmp_path / "key.pem").write_bytes(rsa_public_pem())
+    with pytest.raises(ConfigError) as caught:
+        load_config(str(config_file), {})
+    (problem,) = caught.value.problems
+    assert problem.message.endswith("holds a key that cannot verify ES256")
 
 
 def test_route_using_jwt_needs_auth_jwt() -> None:

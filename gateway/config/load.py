@@ -39,6 +39,7 @@ from gateway.config.model import (
 )
 from gateway.config.schema import SCHEMA
 from gateway.config.source import Document, Path, parse
+from gateway.credentials.keys import KeyFileError, key_fits, load_public_key
 from gateway.paths import PathTemplate, TemplateError
 
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
@@ -207,29 +208,46 @@ class _Checker:
             self._http_url(("gateway", "public_url"), public_url, "public_url", allow_path=True)
 
     def _cors(self) -> None:
-        origins = _strings(_get(self.data, "cors", "allow_origins"))
-        if "*" in origins and _get(self.data, "cors", "allow_credentials") is True:
+        self._cors_at(("cors",), self.data.get("cors"))
+        routes = self.data.get("routes")
+        for index, route in enumerate(routes if isinstance(routes, list) else []):
+            if isinstance(route, dict) and isinstance(route.get("cors"), dict):
+                # A route's cors is judged as merged over the top-level one.
+                merged = {**(_get(self.data, "cors") or {}), **route["cors"]}
+                self._cors_at(("routes", index, "cors"), merged)
+
+    def _cors_at(self, at: Path, cors: Any) -> None:
+        if not isinstance(cors, dict):
+            return
+        origins = _strings(cors.get("allow_origins"))
+        if "*" in origins and cors.get("allow_credentials") is True:
             self.fail(
-                ("cors", "allow_origins"),
-                "cors: '*' in allow_origins cannot be "
-                "combined with allow_credentials: true (browsers refuse it; list the "
-                "origins)",
+                (*at, "allow_origins"),
+                f"{_display(at)}: '*' in allow_origins cannot be combined with "
+                "allow_credentials: true (browsers refuse it; list the origins)",
             )
-        raw = _get(self.data, "cors", "allow_origins") or []
+        raw = cors.get("allow_origins") or []
         for index, origin in enumerate(raw if isinstance(raw, list) else []):
             if not isinstance(origin, str) or origin == "*":
                 continue
             parts = urlsplit(origin)
+            try:
+                parts.port  # noqa: B018 - raises ValueError for a bad port
+                bad_port = False
+            except ValueError:
+                bad_port = True
             if (
                 parts.scheme not in ("http", "https")
                 or not parts.hostname
+                or bad_port
                 or parts.path
                 or parts.query
                 or parts.fragment
+                or parts.username is not None
                 or origin.endswith("/")
             ):
                 self.fail(
-                    ("cors", "allow_origins", index),
+                    (*at, "allow_origins", index),
                     f"cors origin {origin!r} must be scheme://host[:port], with no "
                     "path or trailing slash",
                 )
@@ -278,11 +296,11 @@ class _Checker:
             self._http_url((*path, "jwks_url"), jwt["jwks_url"], "jwks_url", allow_path=True)
         key_file = jwt.get("public_key_file")
         if isinstance(key_file, str) and key_file:
-            resolved = self._relative(key_file)
-            if not resolved.is_file():
+            problem = _public_key_problem(self._relative(key_file), asymmetric)
+            if problem:
                 self.fail(
                     (*path, "public_key_file"),
-                    f"auth.jwt.public_key_file {key_file!r} does not exist",
+                    f"auth.jwt.public_key_file {key_file!r} {problem}",
                 )
 
     def _relative(self, name: str) -> FilePath:
@@ -494,6 +512,21 @@ def _werkzeug_map(entries: Iterator[tuple[int, PathTemplate, list[str]]] | Any) 
     return Map(rules, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
 
 
+def _public_key_problem(path: FilePath, algorithms: list[str]) -> str | None:
+    try:
+        key = load_public_key(path.read_bytes())
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    except KeyFileError as exc:
+        return str(exc)
+    unfit = [a for a in algorithms if not key_fits(key, a)]
+    if unfit:
+        return f"holds a key that cannot verify {', '.join(unfit)}"
+    return None
+
+
 def _ca_bundle_problem(path: FilePath) -> str | None:
     if not path.is_file():
         return "does not exist"
@@ -508,6 +541,19 @@ def resolve_relative(config_file: str, name: str) -> FilePath:
     """Files named in the config are relative to the config file's folder."""
     candidate = FilePath(name)
     return candidate if candidate.is_absolute() else FilePath(config_file).parent / candidate
+
+
+def _cors_settings(cors: dict[str, Any]) -> CorsSettings:
+    defaults = CorsSettings()
+    return CorsSettings(
+        allow_origins=tuple(cors.get("allow_origins", ())),
+        allow_credentials=cors.get("allow_credentials", False),
+        allow_methods=tuple(cors.get("allow_methods", defaults.allow_methods)),
+        allow_headers=tuple(cors.get("allow_headers", ())),
+        expose_headers=tuple(cors.get("expose_headers", ())),
+        max_age=int(cors.get("max_age", defaults.max_age)),
+        allow_private_network=cors.get("allow_private_network", False),
+    )
 
 
 def _build(document: Document) -> Config:
@@ -530,6 +576,10 @@ def _build(document: Document) -> Config:
             public_key_file=str(resolve_relative(file, key_file)) if key_file else None,
             secret=jwt_data.get("secret") or None,
             leeway=int(jwt_data.get("leeway", 30)),
+            jwks_cache_seconds=int(jwt_data.get("jwks_cache_seconds", 300)),
+            jwks_cooldown_seconds=float(jwt_data.get("jwks_cooldown_seconds", 30.0)),
+            jwks_timeout=float(jwt_data.get("jwks_timeout", 2.0)),
+            verified_token_cache=int(jwt_data.get("verified_token_cache", 10_000)),
             roles_claim=jwt_data.get("roles_claim", "role"),
         )
     keys_data = auth.get("api_keys")
@@ -570,10 +620,10 @@ def _build(document: Document) -> Config:
                 roles=tuple(r.get("roles", ())),
                 rate_limit=None if limits_text is None else parse_rate_limits(limits_text),
                 rate_limit_key=r.get("rate_limit_key", "identity"),
+                cors=_cors_settings({**cors, **r["cors"]}) if "cors" in r else None,
                 location=Location(file, pos.line, pos.column),
             )
         )
-    defaults = CorsSettings()
     return Config(
         source=file,
         gateway=GatewaySettings(
@@ -581,14 +631,7 @@ def _build(document: Document) -> Config:
             trusted_proxies=int(gw.get("trusted_proxies", 0)),
             max_body_bytes=int(gw.get("max_body_bytes", 1_048_576)),
         ),
-        cors=CorsSettings(
-            allow_origins=tuple(cors.get("allow_origins", ())),
-            allow_credentials=cors.get("allow_credentials", False),
-            allow_methods=tuple(cors.get("allow_methods", defaults.allow_methods)),
-            allow_headers=tuple(cors.get("allow_headers", ())),
-            expose_headers=tuple(cors.get("expose_headers", ())),
-            max_age=int(cors.get("max_age", 600)),
-        ),
+        cors=_cors_settings(cors),
         auth=AuthSettings(jwt=jwt, api_keys=api_keys),
         rate_limits=RateLimitSettings(
             storage=rl.get("storage", "memory://"),

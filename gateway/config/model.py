@@ -45,6 +45,7 @@ class CorsSettings:
     allow_headers: tuple[str, ...] = ()
     expose_headers: tuple[str, ...] = ()
     max_age: int = 600
+    allow_private_network: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +58,10 @@ class JwtSettings:
     secret: str | None = None
     leeway: int = 30
     roles_claim: str = "role"
+    jwks_cache_seconds: int = 300
+    jwks_cooldown_seconds: float = 30.0
+    jwks_timeout: float = 2.0
+    verified_token_cache: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +122,7 @@ class Route:
     roles: tuple[str, ...] = ()
     rate_limit: tuple[RateLimit, ...] | None = None  # None: the default limits apply
     rate_limit_key: RateLimitKey = "identity"
+    cors: CorsSettings | None = None  # None: the top-level cors settings
     location: Location | None = field(default=None, compare=False)
 
     @property

@@ -90,6 +90,11 @@ CORS = _object(
             "minimum": 0,
             "description": "Seconds a browser may cache a preflight answer.",
         },
+        "allow_private_network": {
+            "type": "boolean",
+            "description": "Answer Private Network Access preflights with "
+            "Access-Control-Allow-Private-Network: true (default false: never sent).",
+        },
     },
     description="Cross-origin resource sharing for browser clients.",
 )
@@ -124,6 +129,28 @@ JWT = _object(
             "type": "string",
             "minLength": 1,
             "description": "Dotted path of the claim holding the roles.",
+        },
+        "jwks_cache_seconds": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "How long fetched signing keys are used before they are fetched "
+            "again (default 300).",
+        },
+        "jwks_cooldown_seconds": {
+            "type": "number",
+            "minimum": 0,
+            "description": "Least time between two fetches of the key set, also when a "
+            "token names an unknown kid (default 30).",
+        },
+        "jwks_timeout": {
+            **_POSITIVE_NUMBER,
+            "description": "Seconds one fetch of the key set may take (default 2).",
+        },
+        "verified_token_cache": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "How many verified tokens each worker remembers, until their "
+            "exp at the latest, to skip repeated signature checks (default 10000; 0: off).",
         },
     },
     required=["issuer", "audience", "algorithms"],
@@ -242,6 +269,11 @@ ROUTE = _object(
             "the default); an empty list: not limited.",
         },
         "rate_limit_key": {"enum": ["identity", "ip"]},
+        "cors": {
+            **CORS,
+            "description": "CORS settings of this route: the keys given replace the "
+            "top-level `cors` ones.",
+        },
     },
     required=["name", "path", "methods", "upstream", "auth"],
 )

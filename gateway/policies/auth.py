@@ -1,9 +1,8 @@
-"""Authentication for routes that are not `auth: public`.
+"""Authentication: a verified identity for every request to a non-public route.
 
-Fail closed: until a route's credentials can be verified (JWT and API-key
-verification are not part of this release), every request to a non-public route is
-answered 401 and never forwarded. A route that declares authentication must never
-become an open door because the code to check it is missing.
+Any one of the route's methods suffices (`auth: [jwt, api_key]`). A request whose
+credentials fail is answered 401 and never forwarded; what was verified is left on
+the context as an Identity for the roles check, the rate limiter and the upstream.
 """
 
 from __future__ import annotations
@@ -12,21 +11,90 @@ from typing import ClassVar
 
 from werkzeug.wrappers import Response
 
+from gateway.config.model import AuthMethod
+from gateway.credentials.apikeys import ApiKeyRing
+from gateway.credentials.identity import Identity, UnusableClaim, header_safe
+from gateway.credentials.jwks import KeysUnavailable
+from gateway.credentials.jwt import InvalidToken, JwtVerifier
 from gateway.policies.base import RequestContext
-from gateway.problems import Unauthorized
+from gateway.problems import ServiceUnavailable, Unauthorized
 
-# RFC 6750 §3: the challenge a 401 for a bearer-token resource carries.
+# RFC 6750 §3: the challenge of a bearer-token resource; `error` only when a token
+# was sent and refused.
 CHALLENGE = 'Bearer realm="gateway"'
+INVALID_TOKEN_CHALLENGE = 'Bearer realm="gateway", error="invalid_token"'
+# What a client may be told; other reasons are logged and counted, not explained.
+_TOLD = {
+    "expired": "The access token has expired.",
+    "not_yet_valid": "The access token is not valid yet.",
+    "not_access_token": "The token is not an access token.",
+    "too_large": "The access token is too large.",
+}
 
 
-class DenyUnverified:
+class Authenticate:
     ORDER: ClassVar[int] = 30
 
+    def __init__(
+        self,
+        methods: tuple[AuthMethod, ...],
+        verifier: JwtVerifier | None,
+        keyring: ApiKeyRing | None,
+    ) -> None:
+        self.methods = methods
+        self.verifier = verifier if "jwt" in methods else None
+        self.keyring = keyring if "api_key" in methods else None
+
     def on_request(self, ctx: RequestContext) -> Response | None:
-        raise Unauthorized(
-            "This route requires credentials that this gateway release cannot verify.",
-            headers={"WWW-Authenticate": CHALLENGE},
-        )
+        token_error: str | None = None
+        if self.verifier is not None:
+            token = _bearer_token(ctx.request.headers.get("Authorization", ""))
+            if token is not None:
+                try:
+                    ctx.identity = self.verifier.verify(token)
+                except InvalidToken as exc:
+                    token_error = exc.reason
+                except KeysUnavailable as exc:
+                    raise ServiceUnavailable(
+                        "The keys to verify access tokens cannot be had right now.",
+                        headers={"Retry-After": str(exc.retry_after)},
+                    ) from None
+        if ctx.identity is None and self.keyring is not None:
+            presented = ctx.request.headers.get(self.keyring.header)
+            key = self.keyring.lookup(presented) if presented else None
+            if key is not None:
+                try:
+                    ctx.identity = Identity(
+                        method="api_key",
+                        consumer_id=header_safe(key.id, "key id"),
+                        roles=key.roles,
+                    )
+                except UnusableClaim:  # pragma: no cover - ids are validated at load
+                    ctx.identity = None
+        if ctx.identity is None:
+            ctx.auth_failure = token_error or "missing_or_invalid"
+            if token_error is not None:
+                raise Unauthorized(
+                    _TOLD.get(token_error, "The access token is invalid."),
+                    headers={"WWW-Authenticate": INVALID_TOKEN_CHALLENGE},
+                )
+            # A bad API key and a missing one fail alike: nothing tells a prober
+            # which keys exist.
+            raise Unauthorized(
+                "Credentials are missing or invalid.",
+                headers={"WWW-Authenticate": CHALLENGE},
+            )
+        ctx.upstream_headers.update(ctx.identity.upstream_headers())
+        return None
 
     def on_response(self, ctx: RequestContext, response: Response) -> Response:
         return response
+
+
+def _bearer_token(authorization: str) -> str | None:
+    """The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750)."""
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = token.strip()
+    return token or None

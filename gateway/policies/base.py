@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, ClassVar, Protocol
 from werkzeug.wrappers import Request, Response
 
 from gateway.clientinfo import ClientInfo
+from gateway.credentials.identity import Identity
 
 if TYPE_CHECKING:
     from gateway.routing import CompiledRoute
@@ -35,6 +36,9 @@ class RequestContext:
     upstream_ms: float | None = None
     # a chunked request body, read whole under the body limit before any other check
     body: bytes | None = None
+    identity: Identity | None = None  # set by the auth policy
+    auth_failure: str | None = None  # why auth or roles refused (for logs and metrics)
+    cors_applied: bool = False
 
 
 class Policy(Protocol):

@@ -1,0 +1,1 @@
+"""Credential checks: JWT verification, the JWKS key cache, API keys, and Identity."""

@@ -1,0 +1,105 @@
+"""CORS for browser clients, computed by flask-cors from the route's settings.
+
+The gateway owns CORS: an upstream's own Access-Control-* headers never reach the
+client, preflights are answered here and never forwarded, and every response
+(401/403/429/5xx problems included) carries the headers, so a browser script can
+read why it was refused. Origins match exactly, scheme, host and port: each is
+compiled to an anchored, escaped pattern, so `https://app.example.com` never admits
+`https://app.example.com.evil.io` and no origin is ever read as a regex.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+from flask_cors.core import get_cors_headers, serialize_options
+from werkzeug.datastructures import Headers
+from werkzeug.wrappers import Response
+
+from gateway.config.model import CorsSettings
+from gateway.policies.base import RequestContext
+
+_PRIVATE_NETWORK = "Access-Control-Allow-Private-Network"
+
+
+def is_preflight(headers: Headers, method: str) -> bool:
+    return method == "OPTIONS" and "Access-Control-Request-Method" in headers
+
+
+class _EmptyResponse(Response):
+    default_mimetype = None  # a preflight answer has no body, so no Content-Type
+
+
+class Cors:
+    ORDER: ClassVar[int] = 10
+
+    def __init__(self, settings: CorsSettings) -> None:
+        self.settings = settings
+        wildcard = "*" in settings.allow_origins
+        origins: list[str | re.Pattern[str]] = (
+            ["*"]
+            if wildcard
+            else [re.compile(re.escape(o) + r"\Z", re.IGNORECASE) for o in settings.allow_origins]
+        )
+        self.options = serialize_options(
+            {
+                "origins": origins,
+                "methods": list(settings.allow_methods),
+                "allow_headers": [
+                    re.compile(re.escape(h) + r"\Z", re.IGNORECASE) for h in settings.allow_headers
+                ],
+                "expose_headers": list(settings.expose_headers) or None,
+                "supports_credentials": settings.allow_credentials,
+                "max_age": settings.max_age,
+                "send_wildcard": wildcard and not settings.allow_credentials,
+                "vary_header": True,
+                "allow_private_network": settings.allow_private_network,
+            }
+        )
+
+    def on_request(self, ctx: RequestContext) -> Response | None:
+        return None
+
+    def on_response(self, ctx: RequestContext, response: Response) -> Response:
+        return self.decorate(ctx, response)
+
+    def decorate(self, ctx: RequestContext, response: Response) -> Response:
+        """Put this policy's CORS headers on a response, replacing any upstream ones."""
+        ctx.cors_applied = True
+        for name in list(response.headers.keys()):
+            if name.lower().startswith("access-control-"):
+                del response.headers[name]
+        method = "GET" if ctx.request.method == "OPTIONS" else ctx.request.method
+        self._apply(ctx.request.headers, method, response)
+        return response
+
+    def preflight(self, ctx: RequestContext, *, route_methods: tuple[str, ...]) -> Response:
+        """Answer a preflight without credentials and without asking any upstream.
+
+        `route_methods`: the methods the path really has; a preflight for any other
+        method gets no CORS headers, so the browser stops before sending it.
+        """
+        ctx.cors_applied = True
+        response = _EmptyResponse(status=204)
+        requested = ctx.request.headers.get("Access-Control-Request-Method", "").upper()
+        if requested in route_methods:
+            self._apply(ctx.request.headers, "OPTIONS", response)
+            if "Access-Control-Allow-Methods" in response.headers:
+                offered = [m for m in self.settings.allow_methods if m in route_methods]
+                response.headers["Access-Control-Allow-Methods"] = ", ".join(offered)
+        response.vary.update(
+            ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
+        )
+        return response
+
+    def _apply(self, request_headers: Headers, method: str, response: Response) -> None:
+        for name, value in get_cors_headers(self.options, request_headers, method).items():
+            if name == _PRIVATE_NETWORK and not self.settings.allow_private_network:
+                continue  # only ever sent when configured
+            if name == "Vary":
+                continue
+            response.headers[name] = str(value)
+        # Vary: Origin always: the answer depends on Origin even when it says no, and a
+        # cache must not hand one origin's answer to another (Fetch standard, CORS).
+        response.vary.add("Origin")
