@@ -25,6 +25,7 @@ from gateway.policies.body_limit import BodyLimit
 from gateway.policies.chain import PolicyChain
 from gateway.policies.cors import Cors, is_preflight
 from gateway.policies.roles import RequireRoles
+from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
 from gateway.problems import (
     GatewayError,
     InternalError,
@@ -87,6 +88,10 @@ class Gateway:
                 policies.append(Authenticate(route.auth, self.verifier, self.keyring))
             if route.roles:
                 policies.append(RequireRoles(route.roles))
+            if route.versions:
+                policies.append(ChooseVersion(route.versions))
+            if route.deprecation:
+                policies.append(AnnounceDeprecation(route.deprecation))
             compiled.append(
                 CompiledRoute(
                     index=index,
@@ -185,7 +190,9 @@ class Gateway:
             status=response.status_code,
             duration_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
             upstream_ms=None if ctx.upstream_ms is None else round(ctx.upstream_ms, 3),
-            client=f"ip:{ctx.client.ip}",
+            client=ctx.identity.rate_limit_key if ctx.identity else f"ip:{ctx.client.ip}",
+            auth_method=ctx.identity.method if ctx.identity else None,
+            auth_failure=ctx.auth_failure,
         )
 
 

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from gateway.config import Config, ConfigError, load_config, resolve_config_path
+from gateway.config import Config, ConfigError, Route, load_config, resolve_config_path
 from gateway.config.schema import SCHEMA
 
 
@@ -35,6 +35,17 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _auth_text(config: Config, index: int) -> str:
     route = config.routes[index]
     return "public" if route.is_public else ",".join(route.auth)
+
+
+def _versions_text(route: Route) -> str:
+    """e.g. `1*,2 by Accept-Version (default 2)`; * marks a deprecated version."""
+    if route.versions is not None:
+        names = ",".join(o.name + ("*" if o.deprecation else "") for o in route.versions.options)
+        return f"{names} by {route.versions.header} (default {route.versions.default})"
+    if route.deprecation is not None:
+        sunset = route.deprecation.sunset
+        return "deprecated" + (f", sunset {sunset.date().isoformat()}" if sunset else "")
+    return "-"
 
 
 def cmd_routes(args: argparse.Namespace) -> int:
@@ -66,7 +77,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 _auth_text(config, index),
                 ",".join(route.roles) or "-",
                 limit + ("" if route.rate_limit_key == "identity" else " per ip"),
-                "-",
+                _versions_text(route),
             ]
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]

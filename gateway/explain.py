@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from werkzeug.test import EnvironBuilder
-from werkzeug.wrappers import Request
+from werkzeug.wrappers import Request, Response
 
 from gateway.app import Gateway
-from gateway.config import Config
+from gateway.config import Config, Route
 from gateway.observability import request_id_for
 from gateway.paths import unsafe_path_reason
 from gateway.problems import GatewayError
@@ -52,8 +54,22 @@ def explain(
             f"auth:      {'public' if route.is_public else ' or '.join(route.auth)}",
             f"roles:     {', '.join(route.roles) or '-'}",
             "policies:  " + " -> ".join([*match.route.chain.names, "forward"]),
-            "version:   - (no version routing on this route)",
         ]
+        # Run the route's real policies (credentials are checked for real, the version
+        # is chosen) with a terminal step that forwards nothing.
+        passed = Response(status=299)
+        answer = match.route.chain.run(ctx, lambda _ctx: passed)
+        lines.append(f"version:   {_version_line(route, ctx.version, request)}")
+        if answer is not passed:
+            body = json.loads(answer.get_data() or b"{}")
+            return lines + [
+                f"answer:    {answer.status_code} {body.get('code', '')} ({body.get('detail', '')})"
+            ], False
+        if ctx.identity is not None:
+            lines.append(
+                f"identity:  {ctx.identity.rate_limit_key} via {ctx.identity.method}, "
+                f"roles {', '.join(ctx.identity.roles) or '-'}"
+            )
         try:
             url = gateway.forwarder.upstream_url(ctx)
         except GatewayError as error:
@@ -63,4 +79,21 @@ def explain(
         lines += [f"  {name}: {value}" for name, value in gateway.forwarder.request_headers(ctx)]
         return lines, True
     finally:
-        gateway.forwarder.close()
+        gateway.close()
+
+
+def _version_line(route: Route, chosen: str | None, request: Request) -> str:
+    if route.versions is not None:
+        header = route.versions.header
+        how = f"from {header}" if request.headers.get(header) else f"default, no {header}"
+        return (
+            f"{chosen or request.headers.get(header)} ({how})"
+            if chosen
+            else (
+                f"{request.headers.get(header)!r} is not one of "
+                f"{', '.join(o.name for o in route.versions.options)}"
+            )
+        )
+    if route.deprecation is not None:
+        return "this route is a deprecated version"
+    return "- (no version routing on this route)"

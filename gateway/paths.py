@@ -9,6 +9,7 @@ re-encoded, so a parameter can never climb out of its segment.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -107,15 +108,7 @@ class PathTemplate:
     @property
     def regex(self) -> re.Pattern[str]:
         """Matches a percent-encoded path; groups hold the still-encoded parameters."""
-        parts = []
-        for s in self.segments:
-            if s.param == "path":
-                parts.append(f"(?P<{s.text}>[^/].*)")
-            elif s.param == "segment":
-                parts.append(f"(?P<{s.text}>[^/]+)")
-            else:
-                parts.append(re.escape(quote(s.text, safe="!$&'()*+,=:@~")))
-        return re.compile("/" + "/".join(parts) + "/?" if parts else "/")
+        return _template_regex(self)
 
     def example(self) -> str:
         """A concrete path this template matches, with a neutral value per parameter.
@@ -154,6 +147,20 @@ class PathTemplate:
                     raise ValueError(f"parameter {s.text!r} holds an empty or dot segment")
             out.append("/".join(quote(part, safe="") for part in parts))
         return "/" + "/".join(out)
+
+
+@functools.cache
+def _template_regex(template: PathTemplate) -> re.Pattern[str]:
+    # Cached: templates come from the config, so there are only ever a few.
+    parts = []
+    for s in template.segments:
+        if s.param == "path":
+            parts.append(f"(?P<{s.text}>[^/].*)")
+        elif s.param == "segment":
+            parts.append(f"(?P<{s.text}>[^/]+)")
+        else:
+            parts.append(re.escape(quote(s.text, safe="!$&'()*+,=:@~")))
+    return re.compile("/" + "/".join(parts) + "/?" if parts else "/")
 
 
 _ENCODED_SEPARATOR = re.compile(r"%(?:2[fF]|5[cC])")

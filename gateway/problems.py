@@ -3,7 +3,7 @@
 The tree::
 
     GatewayError                      status, code, title, detail, headers, extra
-    ├── BadRequest            400     bad_request / invalid_path
+    ├── BadRequest            400     bad_request / invalid_path / unsupported_version
     ├── Unauthorized          401     unauthorized (+ WWW-Authenticate, RFC 6750 §3)
     ├── Forbidden             403     forbidden
     ├── NotFound              404     not_found
@@ -131,6 +131,10 @@ class BadRequest(GatewayError):
 
 class InvalidPath(BadRequest):
     code = "invalid_path"
+
+
+class UnsupportedVersion(BadRequest):
+    code = "unsupported_version"
 
 
 class Unauthorized(GatewayError):

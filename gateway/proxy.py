@@ -163,7 +163,8 @@ class Forwarder:
     def upstream_url(self, ctx: RequestContext) -> str:
         assert ctx.route is not None
         try:
-            path = ctx.route.upstream_path(ctx.params)
+            template = ctx.upstream_template or ctx.route.upstream_template
+            path = template.expand(ctx.params)
         except ValueError as exc:
             raise InvalidPath(f"The path cannot be forwarded: {exc}.") from None
         return ctx.route.upstream.url + path + _query(ctx.request)
@@ -298,6 +299,7 @@ class Forwarder:
                     upstream=ctx.route.upstream.name,
                     route_index=ctx.route.index,
                     public_base=ctx.public_base,
+                    current=ctx.upstream_template,
                 )
             elif lowered == "link":
                 value = self.rewriter.rewrite_link_header(
@@ -305,6 +307,7 @@ class Forwarder:
                     upstream=ctx.route.upstream.name,
                     route_index=ctx.route.index,
                     public_base=ctx.public_base,
+                    current=ctx.upstream_template,
                 )
             headers.add(name, value)
         return headers

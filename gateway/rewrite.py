@@ -42,7 +42,7 @@ class LinkRewriter:
     def __init__(self, upstreams: dict[str, Upstream], routes: tuple[Route, ...]) -> None:
         self._routes = routes
         self._public = [PathTemplate.parse(r.path) for r in routes]
-        self._upstream_regex = [PathTemplate.parse(r.upstream_path).regex for r in routes]
+        self._upstream_templates = [PathTemplate.parse(r.upstream_path) for r in routes]
         # Several upstreams may share one origin under different base paths.
         self._by_origin: dict[tuple[str, str, int], list[str]] = {}
         self._origin_of: dict[str, tuple[str, str, int]] = {}
@@ -63,7 +63,15 @@ class LinkRewriter:
                 url_map.bind("upstream.invalid"),
             )
 
-    def rewrite(self, value: str, *, upstream: str, route_index: int, public_base: str) -> str:
+    def rewrite(
+        self,
+        value: str,
+        *,
+        upstream: str,
+        route_index: int,
+        public_base: str,
+        current: PathTemplate | None = None,
+    ) -> str:
         """One URL: upstream-relative or pointing at an upstream -> public."""
         parts = urlsplit(value)
         if parts.scheme or parts.netloc:
@@ -83,7 +91,7 @@ class LinkRewriter:
             return public_base + path + query + fragment
         base_path = self._upstreams[owner].base_path
         path = path[len(base_path) :] or "/"
-        public_path = self._public_path(path, owner, route_index) or path
+        public_path = self._public_path(path, owner, route_index, current) or path
         return public_base + public_path + query + fragment
 
     def _owner(self, path: str, candidates: list[str], current: str) -> str | None:
@@ -101,10 +109,13 @@ class LinkRewriter:
             return None
         return max(holding, key=lambda name: len(self._upstreams[name].base_path))
 
-    def _public_path(self, path: str, owner: str, route_index: int) -> str | None:
-        current = self._routes[route_index]
-        if current.upstream == owner:
-            match = self._upstream_regex[route_index].fullmatch(path)
+    def _public_path(
+        self, path: str, owner: str, route_index: int, current: PathTemplate | None
+    ) -> str | None:
+        if self._routes[route_index].upstream == owner:
+            # The upstream path this request used (a chosen version's) comes first.
+            template = current or self._upstream_templates[route_index]
+            match = template.regex.fullmatch(path)
             if match:
                 params = {k: unquote(v) for k, v in match.groupdict().items()}
                 return self._expand(route_index, params)
@@ -121,14 +132,24 @@ class LinkRewriter:
             return None
 
     def rewrite_link_header(
-        self, value: str, *, upstream: str, route_index: int, public_base: str
+        self,
+        value: str,
+        *,
+        upstream: str,
+        route_index: int,
+        public_base: str,
+        current: PathTemplate | None = None,
     ) -> str:
         """Every `<URI>` of an RFC 8288 Link header value."""
         return _LINK_TARGET.sub(
             lambda m: (
                 "<"
                 + self.rewrite(
-                    m.group(1), upstream=upstream, route_index=route_index, public_base=public_base
+                    m.group(1),
+                    upstream=upstream,
+                    route_index=route_index,
+                    public_base=public_base,
+                    current=current,
                 )
                 + ">"
             ),

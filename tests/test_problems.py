@@ -25,6 +25,7 @@ from gateway.problems import (
     RateLimited,
     ServiceUnavailable,
     Unauthorized,
+    UnsupportedVersion,
     UpstreamTimeout,
     UpstreamUnavailable,
     error_response,
@@ -55,6 +56,7 @@ def make(cls: type[GatewayError], detail: str = "Something happened.") -> Gatewa
 EXPECTED = {
     BadRequest: (400, "bad_request"),
     InvalidPath: (400, "invalid_path"),
+    UnsupportedVersion: (400, "unsupported_version"),
     Unauthorized: (401, "unauthorized"),
     Forbidden: (403, "forbidden"),
     NotFound: (404, "not_found"),

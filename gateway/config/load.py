@@ -12,6 +12,7 @@ import difflib
 import os
 import ssl
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from types import MappingProxyType
 from typing import Any, cast
@@ -29,6 +30,7 @@ from gateway.config.model import (
     AuthSettings,
     Config,
     CorsSettings,
+    Deprecation,
     GatewaySettings,
     JwtSettings,
     Location,
@@ -36,6 +38,8 @@ from gateway.config.model import (
     RateLimitSettings,
     Route,
     Upstream,
+    VersionOption,
+    Versions,
 )
 from gateway.config.schema import SCHEMA
 from gateway.config.source import Document, Path, parse
@@ -437,19 +441,9 @@ class _Checker:
                 else template
             )
             if template and upstream_template:
-                extra = set(upstream_template.params) - set(template.params)
-                for param in sorted(extra):
-                    self.fail(
-                        (*at, "upstream_path"),
-                        f"{label}: upstream_path uses {{{param}}}, which path does not define",
-                    )
-                for param, kind in upstream_template.params.items():
-                    if param in template.params and template.params[param] != kind:
-                        self.fail(
-                            (*at, "upstream_path"),
-                            f"{label}: {{{param}}} is a "
-                            "different parameter type in path and upstream_path",
-                        )
+                self._same_params((*at, "upstream_path"), template, upstream_template, label)
+            self._versions(at, route, template, label)
+            self._deprecation((*at, "deprecation"), route.get("deprecation"), template, label)
             auth = route.get("auth")
             if auth == "public" and route.get("roles"):
                 self.fail((*at, "roles"), f"{label}: a public route cannot require roles", key=True)
@@ -465,6 +459,81 @@ class _Checker:
             if template and methods:
                 compiled.append((index, template, methods))
         self._collisions(compiled, routes)
+
+    def _same_params(
+        self, at: Path, public: PathTemplate, upstream: PathTemplate, label: str
+    ) -> None:
+        """An upstream template may only use the public path's parameters, each as the
+        same kind ({name} or {name:path})."""
+        for param in sorted(set(upstream.params) - set(public.params)):
+            self.fail(at, f"{label}: {at[-1]} uses {{{param}}}, which path does not define")
+        for param, kind in upstream.params.items():
+            if param in public.params and public.params[param] != kind:
+                self.fail(
+                    at, f"{label}: {{{param}}} is a different parameter type in path and {at[-1]}"
+                )
+
+    def _versions(
+        self, at: Path, route: dict[str, Any], template: PathTemplate | None, label: str
+    ) -> None:
+        versions = route.get("versions")
+        if not isinstance(versions, dict):
+            return
+        if "upstream_path" in route:
+            self.fail(
+                (*at, "upstream_path"),
+                f"{label}: give either upstream_path or "
+                "versions (each version has its own upstream_path)",
+                key=True,
+            )
+        options = versions.get("options")
+        if not isinstance(options, dict):
+            return
+        default = versions.get("default")
+        if isinstance(default, str) and default not in options:
+            self.fail(
+                (*at, "versions", "default"),
+                f"{label}: default version {default!r} "
+                f"is not one of the options ({', '.join(map(str, options))})",
+            )
+        for name, option in options.items():
+            if not isinstance(option, dict):
+                continue
+            where: Path = (*at, "versions", "options", name)
+            upstream = self._template((*where, "upstream_path"), option.get("upstream_path"), label)
+            if template and upstream:
+                self._same_params((*where, "upstream_path"), template, upstream, label)
+            self._deprecation((*where, "deprecation"), option.get("deprecation"), template, label)
+
+    def _deprecation(
+        self, at: Path, deprecation: Any, template: PathTemplate | None, label: str
+    ) -> None:
+        if not isinstance(deprecation, dict):
+            return
+        dates: dict[str, datetime] = {}
+        for key in ("since", "sunset"):
+            text = deprecation.get(key)
+            if not isinstance(text, str):
+                continue
+            try:
+                dates[key] = parse_date(text)
+            except ValueError:
+                self.fail(
+                    (*at, key),
+                    f"{label}: {key} {text!r} is not a date "
+                    "(2027-06-30) or date-time (2027-06-30T00:00:00Z)",
+                )
+        if "since" in dates and "sunset" in dates and dates["sunset"] < dates["since"]:
+            self.fail((*at, "sunset"), f"{label}: sunset is before since")
+        successor = deprecation.get("successor")
+        if not isinstance(successor, str):
+            return
+        if successor.startswith("/"):
+            target = self._template((*at, "successor"), successor, label)
+            if target and template:
+                self._same_params((*at, "successor"), template, target, label)
+        else:
+            self._http_url((*at, "successor"), successor, "successor", allow_path=True)
 
     def _template(self, path: Path, text: Any, label: str) -> PathTemplate | None:
         if not isinstance(text, str):
@@ -527,6 +596,14 @@ def _public_key_problem(path: FilePath, algorithms: list[str]) -> str | None:
     return None
 
 
+def parse_date(text: str) -> datetime:
+    """A date or ISO 8601 date-time, as an aware UTC datetime (naive means UTC)."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
 def _ca_bundle_problem(path: FilePath) -> str | None:
     if not path.is_file():
         return "does not exist"
@@ -541,6 +618,36 @@ def resolve_relative(config_file: str, name: str) -> FilePath:
     """Files named in the config are relative to the config file's folder."""
     candidate = FilePath(name)
     return candidate if candidate.is_absolute() else FilePath(config_file).parent / candidate
+
+
+def _upstream_path(route: dict[str, Any]) -> str:
+    versions = route.get("versions")
+    if versions:  # the default version's path stands for the route in tables and links
+        return str(versions["options"][versions["default"]]["upstream_path"])
+    return str(route.get("upstream_path", route["path"]))
+
+
+def _deprecation(data: dict[str, Any] | None) -> Deprecation | None:
+    if data is None:
+        return None
+    return Deprecation(
+        since=parse_date(data["since"]),
+        sunset=parse_date(data["sunset"]) if "sunset" in data else None,
+        successor=data.get("successor"),
+    )
+
+
+def _versions(data: dict[str, Any] | None) -> Versions | None:
+    if data is None:
+        return None
+    return Versions(
+        default=data["default"],
+        header=data.get("header", "Accept-Version"),
+        options=tuple(
+            VersionOption(name, option["upstream_path"], _deprecation(option.get("deprecation")))
+            for name, option in data["options"].items()
+        ),
+    )
 
 
 def _cors_settings(cors: dict[str, Any]) -> CorsSettings:
@@ -615,12 +722,14 @@ def _build(document: Document) -> Config:
                 path=r["path"],
                 methods=tuple(r["methods"]),
                 upstream=r["upstream"],
-                upstream_path=r.get("upstream_path", r["path"]),
+                upstream_path=_upstream_path(r),
                 auth=() if r["auth"] == "public" else tuple(dict.fromkeys(r["auth"])),
                 roles=tuple(r.get("roles", ())),
                 rate_limit=None if limits_text is None else parse_rate_limits(limits_text),
                 rate_limit_key=r.get("rate_limit_key", "identity"),
                 cors=_cors_settings({**cors, **r["cors"]}) if "cors" in r else None,
+                deprecation=_deprecation(r.get("deprecation")),
+                versions=_versions(r.get("versions")),
                 location=Location(file, pos.line, pos.column),
             )
         )

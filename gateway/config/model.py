@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal
 
 AuthMethod = Literal["jwt", "api_key"]
@@ -112,6 +113,33 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class Deprecation:
+    since: datetime
+    sunset: datetime | None = None
+    successor: str | None = None  # a public path template or an absolute URL
+
+
+@dataclass(frozen=True, slots=True)
+class VersionOption:
+    name: str
+    upstream_path: str
+    deprecation: Deprecation | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Versions:
+    default: str
+    options: tuple[VersionOption, ...]
+    header: str = "Accept-Version"
+
+    def option(self, name: str) -> VersionOption | None:
+        for option in self.options:
+            if option.name == name:
+                return option
+        return None
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     path: str
@@ -123,6 +151,8 @@ class Route:
     rate_limit: tuple[RateLimit, ...] | None = None  # None: the default limits apply
     rate_limit_key: RateLimitKey = "identity"
     cors: CorsSettings | None = None  # None: the top-level cors settings
+    deprecation: Deprecation | None = None  # a deprecated URL version
+    versions: Versions | None = None  # header versioning: upstream path per version
     location: Location | None = field(default=None, compare=False)
 
     @property

@@ -237,6 +237,61 @@ UPSTREAM = _object(
     required=["url"],
 )
 
+_DATE = {
+    "type": "string",
+    "description": "A date (2027-06-30) or an ISO 8601 date-time with offset "
+    "(2027-06-30T00:00:00Z).",
+}
+DEPRECATION = _object(
+    {
+        "since": {
+            **_DATE,
+            "description": "When this version was deprecated: sent as the "
+            "Deprecation header (RFC 9745).",
+        },
+        "sunset": {
+            **_DATE,
+            "description": "When it stops answering: sent as the Sunset header (RFC 8594).",
+        },
+        "successor": {
+            "type": "string",
+            "description": "Public path (may use the route's parameters) or URL of the "
+            'version to move to: sent as Link: <...>; rel="successor-version".',
+        },
+    },
+    required=["since"],
+    description="Marks an API version as deprecated.",
+)
+VERSION_NAME = {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,32}$"}
+VERSIONS = _object(
+    {
+        "header": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Request header naming the version (default Accept-Version).",
+        },
+        "default": {**VERSION_NAME, "description": "Version used when the header is absent."},
+        "options": {
+            "type": "object",
+            "minProperties": 1,
+            "propertyNames": {"pattern": "^[A-Za-z0-9._-]{1,32}$"},
+            "additionalProperties": _object(
+                {
+                    "upstream_path": {
+                        "type": "string",
+                        "description": "Path template at the upstream for this version.",
+                    },
+                    "deprecation": DEPRECATION,
+                },
+                required=["upstream_path"],
+            ),
+            "description": "Each version by name, with its upstream path.",
+        },
+    },
+    required=["default", "options"],
+    description="Choose the upstream path by a request header (instead of upstream_path).",
+)
+
 ROUTE = _object(
     {
         "name": {
@@ -274,6 +329,11 @@ ROUTE = _object(
             "description": "CORS settings of this route: the keys given replace the "
             "top-level `cors` ones.",
         },
+        "deprecation": {
+            **DEPRECATION,
+            "description": "This route is a deprecated API version (URL versioning).",
+        },
+        "versions": VERSIONS,
     },
     required=["name", "path", "methods", "upstream", "auth"],
 )

@@ -15,6 +15,7 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.clientinfo import ClientInfo
 from gateway.credentials.identity import Identity
+from gateway.paths import PathTemplate
 
 if TYPE_CHECKING:
     from gateway.routing import CompiledRoute
@@ -39,6 +40,8 @@ class RequestContext:
     identity: Identity | None = None  # set by the auth policy
     auth_failure: str | None = None  # why auth or roles refused (for logs and metrics)
     cors_applied: bool = False
+    version: str | None = None  # chosen by header versioning
+    upstream_template: PathTemplate | None = None  # the chosen version's upstream path
 
 
 class Policy(Protocol):
