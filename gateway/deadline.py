@@ -16,6 +16,7 @@ from contextvars import ContextVar
 from typing import Any
 
 import httpcore
+import httpx
 
 _deadline: ContextVar[float | None] = ContextVar("upstream_deadline", default=None)
 
@@ -105,3 +106,11 @@ class DeadlineBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
+
+
+def deadline_transport(**options: Any) -> httpx.HTTPTransport:
+    """An httpx transport whose sockets obey `deadline_at` (options: HTTPTransport's)."""
+    transport = httpx.HTTPTransport(**options)
+    # httpx has no public seam for the network backend; the deadline needs it.
+    transport._pool._network_backend = DeadlineBackend(transport._pool._network_backend)
+    return transport

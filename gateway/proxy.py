@@ -23,7 +23,7 @@ from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 
 from gateway.config.model import Config, Upstream
-from gateway.deadline import DeadlineBackend, deadline_at
+from gateway.deadline import deadline_at, deadline_transport
 from gateway.policies.base import RequestContext
 from gateway.problems import (
     BadRequest,
@@ -111,7 +111,7 @@ def _ssl_context(upstream: Upstream) -> ssl.SSLContext | bool:
 
 
 def _client(upstream: Upstream) -> httpx.Client:
-    transport = httpx.HTTPTransport(
+    transport = deadline_transport(
         verify=_ssl_context(upstream),
         limits=httpx.Limits(
             max_connections=upstream.max_connections,
@@ -120,8 +120,6 @@ def _client(upstream: Upstream) -> httpx.Client:
         ),
         retries=0,  # retries are ours: only where they cannot duplicate a request
     )
-    # httpx has no public seam for the network backend; the deadline needs it.
-    transport._pool._network_backend = DeadlineBackend(transport._pool._network_backend)
     client = httpx.Client(
         transport=transport,
         timeout=httpx.Timeout(

@@ -10,6 +10,8 @@ from typing import Any
 
 import certifi
 import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.cli import main
 from gateway.config.load import load_config_text
@@ -74,6 +76,21 @@ def test_published_schema_file_is_exactly_what_gateway_schema_prints(
     assert SCHEMA_FILE.read_text(encoding="utf-8") == capsys.readouterr().out
 
 
+@pytest.fixture(scope="module")
+def rsa_public_key_pem() -> bytes:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
+
+
+def _example_file_content(name: str, rsa_public_key_pem: bytes) -> bytes:
+    """Real content for a file an example names: both kinds are parsed at load time."""
+    if name.startswith("keys/") and name.endswith(".pem"):
+        return rsa_public_key_pem  # public_key_file: a key fit for RS* and PS*
+    if name.startswith("certs/") and name.endswith(".pem"):
+        return Path(certifi.where()).read_bytes()  # ca_bundle: a real PEM CA bundle
+    raise AssertionError(f"no content known for example file {name!r}")
+
+
 def test_every_schema_property_is_named_in_backticks_in_the_reference() -> None:
     spans = set(_CODE_SPAN.findall(REFERENCE.read_text(encoding="utf-8")))
     named = {span.strip() for span in spans}
@@ -92,15 +109,30 @@ def test_reference_has_complete_examples_to_check() -> None:
     assert len(FULL_EXAMPLES) >= 5
 
 
+@pytest.mark.parametrize("key", ["public_key_file", "secret", "jwks_url", "ca_bundle"])
+def test_complete_examples_cover_every_file_and_key_source(key: str) -> None:
+    # Each of these is loaded for real when an example is checked, so each should
+    # appear in at least one complete example.
+    assert any(re.search(rf"^\s*{key}:", block, re.MULTILINE) for _, block in FULL_EXAMPLES)
+
+
+def test_example_files_get_real_content_of_their_kind(rsa_public_key_pem: bytes) -> None:
+    for name in EXAMPLE_FILES:
+        content = _example_file_content(name, rsa_public_key_pem)
+        kind = b"PUBLIC KEY" if name.startswith("keys/") else b"CERTIFICATE"
+        assert b"-----BEGIN " + kind + b"-----" in content, name
+
+
 @pytest.mark.parametrize(
     "block", [block for _, block in FULL_EXAMPLES], ids=[f"line{n}" for n, _ in FULL_EXAMPLES]
 )
-def test_every_complete_yaml_example_in_the_reference_loads(block: str, tmp_path: Path) -> None:
+def test_every_complete_yaml_example_in_the_reference_loads(
+    block: str, tmp_path: Path, rsa_public_key_pem: bytes
+) -> None:
     for name in EXAMPLE_FILES:
         target = tmp_path / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        # A real PEM CA bundle: ca_bundle files are loaded, not only looked for.
-        target.write_bytes(Path(certifi.where()).read_bytes())
+        target.write_bytes(_example_file_content(name, rsa_public_key_pem))
     config = load_config_text(block, str(tmp_path / "routes.yaml"), EXAMPLE_ENVIRON)
     assert config.routes, "an example should show at least one route"
 

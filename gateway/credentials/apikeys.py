@@ -22,5 +22,7 @@ class ApiKeyRing:
     def lookup(self, presented: str) -> ApiKey | None:
         if not presented or len(presented) > MAX_KEY_CHARS:
             return None
-        digest = hashlib.sha256(presented.encode("utf-8", "surrogateescape")).hexdigest()
+        # WSGI gives header values as latin-1 decoded bytes: hash the bytes as sent, the
+        # same bytes `gateway hash-key` hashes (the key's UTF-8).
+        digest = hashlib.sha256(presented.encode("latin-1", "replace")).hexdigest()
         return self._by_digest.get(digest)

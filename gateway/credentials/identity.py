@@ -46,6 +46,10 @@ class Identity:
 
 
 def claim_at(claims: dict[str, Any], dotted: str) -> Any:
+    """The claim named `dotted` itself (e.g. "https://example.com/roles"), else the
+    value at that dotted path (e.g. "realm_access.roles")."""
+    if dotted in claims:
+        return claims[dotted]
     value: Any = claims
     for part in dotted.split("."):
         if not isinstance(value, dict):

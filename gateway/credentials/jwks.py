@@ -23,6 +23,7 @@ import httpx
 import jwt
 
 from gateway.credentials.keys import key_fits
+from gateway.deadline import deadline_at, deadline_transport
 
 log = logging.getLogger("gateway.jwks")
 
@@ -61,8 +62,12 @@ class JwksKeys:
         self.url = url
         self.algorithms = algorithms
         self.cooldown = cooldown_seconds
+        self.timeout = timeout
         self._client = client or httpx.Client(
-            timeout=timeout, trust_env=False, follow_redirects=False
+            transport=deadline_transport(),
+            timeout=timeout,
+            trust_env=False,
+            follow_redirects=False,
         )
         self._clock = clock
         self._cache: cachetools.TTLCache[str, KeyIndex] = cachetools.TTLCache(
@@ -116,7 +121,11 @@ class JwksKeys:
 
     def _fetch(self) -> KeyIndex:
         self.fetches += 1
-        with self._client.stream("GET", self.url, headers={"Accept": "application/json"}) as r:
+        # jwks_timeout bounds the whole fetch, however slowly the issuer answers.
+        with (
+            deadline_at(time.monotonic() + self.timeout),
+            self._client.stream("GET", self.url, headers={"Accept": "application/json"}) as r,
+        ):
             r.raise_for_status()
             body = b""
             for chunk in r.iter_bytes():

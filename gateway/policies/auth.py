@@ -47,6 +47,7 @@ class Authenticate:
 
     def on_request(self, ctx: RequestContext) -> Response | None:
         token_error: str | None = None
+        keys_unavailable: KeysUnavailable | None = None
         if self.verifier is not None:
             token = _bearer_token(ctx.request.headers.get("Authorization", ""))
             if token is not None:
@@ -55,10 +56,7 @@ class Authenticate:
                 except InvalidToken as exc:
                     token_error = exc.reason
                 except KeysUnavailable as exc:
-                    raise ServiceUnavailable(
-                        "The keys to verify access tokens cannot be had right now.",
-                        headers={"Retry-After": str(exc.retry_after)},
-                    ) from None
+                    keys_unavailable = exc  # an API key may still let the caller in
         if ctx.identity is None and self.keyring is not None:
             presented = ctx.request.headers.get(self.keyring.header)
             key = self.keyring.lookup(presented) if presented else None
@@ -71,6 +69,12 @@ class Authenticate:
                     )
                 except UnusableClaim:  # pragma: no cover - ids are validated at load
                     ctx.identity = None
+        if ctx.identity is None and keys_unavailable is not None:
+            ctx.auth_failure = "keys_unavailable"
+            raise ServiceUnavailable(
+                "The keys to verify access tokens cannot be had right now.",
+                headers={"Retry-After": str(keys_unavailable.retry_after)},
+            )
         if ctx.identity is None:
             ctx.auth_failure = token_error or "missing_or_invalid"
             if token_error is not None:

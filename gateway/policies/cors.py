@@ -86,6 +86,8 @@ class Cors:
         if requested in route_methods:
             self._apply(ctx.request.headers, "OPTIONS", response)
             if "Access-Control-Allow-Methods" in response.headers:
+                # flask-cors drops a max_age of 0; "0" means: do not cache this answer.
+                response.headers["Access-Control-Max-Age"] = str(self.settings.max_age)
                 offered = [m for m in self.settings.allow_methods if m in route_methods]
                 response.headers["Access-Control-Allow-Methods"] = ", ".join(offered)
         response.vary.update(
