@@ -117,6 +117,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import run_demo
+
+    path = resolve_config_path(args.config)
+    _load(path)  # a broken routes.yaml stops here, with its messages
+    return run_demo(path, args.port, args.users_port, args.orders_port, args.workers)
+
+
 def cmd_hash_key(args: argparse.Namespace) -> int:
     key = args.key if args.key is not None else sys.stdin.readline().rstrip("\n")
     if not key:
@@ -162,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=2)
     serve.add_argument("--threads", type=int, default=8)
     serve.set_defaults(func=cmd_serve)
+    demo = with_config(
+        commands.add_parser("demo", help="run the users and orders stubs and the gateway")
+    )
+    demo.add_argument("--port", type=int, default=8080, help="gateway port")
+    demo.add_argument("--users-port", type=int, default=8081)
+    demo.add_argument("--orders-port", type=int, default=8082)
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(func=cmd_demo)
     hash_key = commands.add_parser(
         "hash-key", help="print the SHA-256 of an API key (reads stdin when no key is given)"
     )
