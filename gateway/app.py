@@ -134,8 +134,8 @@ class Gateway:
                 instance=ctx.path,
                 request_id=ctx.request_id,
             )
-        if not ctx.cors_applied:  # answered before any route's chain: the top-level CORS
-            self.cors.decorate(ctx, response)
+        if not ctx.cors_applied:  # answered outside a route's chain
+            (ctx.route.cors if ctx.route is not None else self.cors).decorate(ctx, response)
         response.headers["X-Request-ID"] = ctx.request_id
         self._log(ctx, response)
         return response

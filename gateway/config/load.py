@@ -212,25 +212,28 @@ class _Checker:
             self._http_url(("gateway", "public_url"), public_url, "public_url", allow_path=True)
 
     def _cors(self) -> None:
-        self._cors_at(("cors",), self.data.get("cors"))
+        top = self.data.get("cors")
+        top = top if isinstance(top, dict) else {}
+        self._cors_at(("cors",), top, top)
         routes = self.data.get("routes")
         for index, route in enumerate(routes if isinstance(routes, list) else []):
             if isinstance(route, dict) and isinstance(route.get("cors"), dict):
-                # A route's cors is judged as merged over the top-level one.
-                merged = {**(_get(self.data, "cors") or {}), **route["cors"]}
-                self._cors_at(("routes", index, "cors"), merged)
+                # A route's cors is judged as merged over the top-level one, but only
+                # what the route itself writes is reported at the route.
+                own = route["cors"]
+                self._cors_at(("routes", index, "cors"), {**top, **own}, own)
 
-    def _cors_at(self, at: Path, cors: Any) -> None:
-        if not isinstance(cors, dict):
-            return
+    def _cors_at(self, at: Path, cors: dict[str, Any], own: dict[str, Any]) -> None:
+        """`cors`: the effective settings; `own`: the keys written at `at`."""
         origins = _strings(cors.get("allow_origins"))
-        if "*" in origins and cors.get("allow_credentials") is True:
+        wrote_either = "allow_origins" in own or "allow_credentials" in own
+        if "*" in origins and cors.get("allow_credentials") is True and wrote_either:
             self.fail(
                 (*at, "allow_origins"),
                 f"{_display(at)}: '*' in allow_origins cannot be combined with "
                 "allow_credentials: true (browsers refuse it; list the origins)",
             )
-        raw = cors.get("allow_origins") or []
+        raw = own.get("allow_origins") or []
         for index, origin in enumerate(raw if isinstance(raw, list) else []):
             if not isinstance(origin, str) or origin == "*":
                 continue

@@ -6,7 +6,9 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
+# Printable ASCII only: header values beyond it are not portable (RFC 9110 §5.5) and
+# cannot be sent upstream as they are.
+_UNSAFE = re.compile(r"[^\x20-\x7e]")
 MAX_CLAIM_CHARS = 256
 
 

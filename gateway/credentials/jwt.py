@@ -179,4 +179,6 @@ class JwtVerifier:
         found = self.jwks.key_for(kid, algorithm)
         if found is None:
             raise InvalidToken("unknown_kid")
-        return found.jwk
+        # The bare key: pyjwt would hold a JWK without "alg" to RS256 alone, while
+        # _pick already checked the key's family and any "alg" it names.
+        return found.jwk.key

@@ -23,6 +23,17 @@ from gateway.policies.base import RequestContext
 _PRIVATE_NETWORK = "Access-Control-Allow-Private-Network"
 
 
+def add_vary(response: Response, *names: str) -> None:
+    """Add to Vary, keeping every token of every Vary line the response already has
+    (werkzeug's response.vary reads only the first line)."""
+    tokens: list[str] = []
+    for line in response.headers.getlist("Vary"):
+        tokens += [t.strip() for t in line.split(",") if t.strip()]
+    lowered = {t.lower() for t in tokens}
+    tokens += [n for n in names if n.lower() not in lowered]
+    response.headers["Vary"] = ", ".join(tokens)
+
+
 def is_preflight(headers: Headers, method: str) -> bool:
     return method == "OPTIONS" and "Access-Control-Request-Method" in headers
 
@@ -37,6 +48,8 @@ class Cors:
     def __init__(self, settings: CorsSettings) -> None:
         self.settings = settings
         wildcard = "*" in settings.allow_origins
+        # The loader refuses this; a hand-built setting must not echo any origin either.
+        assert not (wildcard and settings.allow_credentials), "'*' with credentials"
         origins: list[str | re.Pattern[str]] = (
             ["*"]
             if wildcard
@@ -90,8 +103,8 @@ class Cors:
                 response.headers["Access-Control-Max-Age"] = str(self.settings.max_age)
                 offered = [m for m in self.settings.allow_methods if m in route_methods]
                 response.headers["Access-Control-Allow-Methods"] = ", ".join(offered)
-        response.vary.update(
-            ("Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers")
+        add_vary(
+            response, "Origin", "Access-Control-Request-Method", "Access-Control-Request-Headers"
         )
         return response
 
@@ -104,4 +117,4 @@ class Cors:
             response.headers[name] = str(value)
         # Vary: Origin always: the answer depends on Origin even when it says no, and a
         # cache must not hand one origin's answer to another (Fetch standard, CORS).
-        response.vary.add("Origin")
+        add_vary(response, "Origin")

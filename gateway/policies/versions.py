@@ -20,6 +20,7 @@ from werkzeug.wrappers import Response
 from gateway.config.model import Deprecation, Versions
 from gateway.paths import PathTemplate
 from gateway.policies.base import RequestContext
+from gateway.policies.cors import add_vary
 from gateway.problems import UnsupportedVersion
 
 
@@ -96,7 +97,7 @@ class ChooseVersion:
 
     def on_response(self, ctx: RequestContext, response: Response) -> Response:
         # The answer depends on the version header: caches must key on it.
-        response.vary.add(self.header)
+        add_vary(response, self.header)
         option = self.options.get(ctx.version or "")
         if option is not None and option.notice is not None:
             option.notice.apply(ctx, response)
