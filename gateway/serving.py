@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import uuid
 from http import HTTPStatus
 from typing import Any
@@ -29,6 +30,9 @@ HARDENED_SETTINGS: dict[str, Any] = {
     # Headers with "_" are dropped: X_User_Id must not slip past the identity header
     # filter as a twin of X-User-Id.
     "header_map": "drop",
+    # Room for an 8 KiB bearer token plus its "Authorization: Bearer " prefix, so an
+    # oversized token meets the gateway's own 401 rather than gunicorn's 431.
+    "limit_request_field_size": 16384,
     "accesslog": None,  # the gateway writes its own JSON access log
     # A worker stuck longer than this is replaced; upstream deadlines end well before.
     "timeout": 60,
@@ -62,7 +66,7 @@ def write_problem_error(sock: socket.socket, status: int, reason: str, message: 
             "title": title,
             "status": status,
             "detail": message or reason,
-            "instance": "",
+            "instance": getattr(_current_target, "path", ""),
             "code": status_code_name(status),
             "request_id": request_id,
         }
@@ -78,8 +82,20 @@ def write_problem_error(sock: socket.socket, status: int, reason: str, message: 
     gunicorn_util.write_nonblock(sock, head + body)
 
 
+_current_target = threading.local()
+
+
 class GatewayWorker(ThreadWorker):  # type: ignore[misc]
     """gunicorn's gthread worker, answering its own errors as problem+json too."""
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        # The problem's `instance` is the request path when gunicorn got that far.
+        path = getattr(req, "path", None) or getattr(getattr(exc, "req", None), "path", None)
+        _current_target.path = path if isinstance(path, str) else ""
+        try:
+            super().handle_error(req, client, addr, exc)
+        finally:
+            _current_target.path = ""
 
     def init_process(self) -> None:
         # gunicorn writes its error pages through this one function; in a gateway

@@ -187,9 +187,20 @@ def test_refused_token_is_401_invalid_token(
     assert not upstream.calls
 
 
+@pytest.mark.parametrize("authorization", ["Bearer", "Bearer    "])
+def test_bearer_scheme_with_an_empty_token_is_an_invalid_token(
+    client: FlaskClient, upstream: respx.MockRouter, authorization: str
+) -> None:
+    # The client did send the Bearer scheme: its (empty) token is what was refused.
+    response = client.get("/members", headers={"Authorization": authorization})
+    problem(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == INVALID_TOKEN_CHALLENGE
+    assert not upstream.calls
+
+
 @pytest.mark.parametrize(
     "authorization",
-    ["", "Bearer", "Bearer    ", "Basic dXNlcjpwYXNz", "Token abc", "Bearerabc.def.ghi"],
+    ["", "Basic dXNlcjpwYXNz", "Token abc", "Bearerabc.def.ghi"],
 )
 def test_authorization_without_a_bearer_token_is_401_without_error(
     client: FlaskClient, upstream: respx.MockRouter, authorization: str

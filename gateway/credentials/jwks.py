@@ -101,7 +101,10 @@ class JwksKeys:
                 return cached
         if self._cooling() > 0:
             return self._fallback()
-        with self._lock:
+        # With keys in hand, nobody waits for another thread's fetch: they use those.
+        if not self._lock.acquire(blocking=self._last_good is None):
+            return self._fallback()
+        try:
             if self._cooling() > 0:  # another thread fetched while we waited
                 return self._cache.get("keys") or self._fallback()
             self._last_attempt = self._clock()
@@ -110,9 +113,14 @@ class JwksKeys:
             except Exception as exc:  # any failure: keep serving with what we had
                 log.warning("fetching signing keys from %s failed: %s", self.url, exc)
                 return self._fallback()
+            finally:
+                # The cooldown runs from the end of an attempt, however long it took.
+                self._last_attempt = self._clock()
             self._cache["keys"] = keys
             self._last_good = keys
             return keys
+        finally:
+            self._lock.release()
 
     def _fallback(self) -> KeyIndex:
         if self._last_good is not None:

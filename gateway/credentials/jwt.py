@@ -86,6 +86,8 @@ class JwtVerifier:
 
     def verify(self, token: str) -> Identity:
         """The identity a token proves, or raise InvalidToken (or KeysUnavailable)."""
+        if not token:
+            raise InvalidToken("malformed")
         if len(token) > MAX_TOKEN_BYTES:
             raise InvalidToken("too_large")
         if not _COMPACT_JWS.match(token):

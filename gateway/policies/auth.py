@@ -96,9 +96,9 @@ class Authenticate:
 
 
 def _bearer_token(authorization: str) -> str | None:
-    """The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750)."""
+    """The token of `Authorization: Bearer <token>` (scheme case-insensitive, RFC 6750);
+    "" for the Bearer scheme with no token (sent, and invalid); None for no bearer."""
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer":
         return None
-    token = token.strip()
-    return token or None
+    return token.strip()
