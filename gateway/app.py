@@ -19,11 +19,12 @@ from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
 from gateway.observability import log_access, request_id_for, setup_logging
 from gateway.paths import PathTemplate, unsafe_path_reason
-from gateway.policies.auth import Authenticate
+from gateway.policies.auth import Authenticate, FailureGuard
 from gateway.policies.base import Policy, RequestContext
 from gateway.policies.body_limit import BodyLimit
 from gateway.policies.chain import PolicyChain
 from gateway.policies.cors import Cors, is_preflight
+from gateway.policies.ratelimit import ApplyRateLimit
 from gateway.policies.roles import RequireRoles
 from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
 from gateway.problems import (
@@ -36,6 +37,7 @@ from gateway.problems import (
     render,
 )
 from gateway.proxy import Forwarder
+from gateway.ratelimit import Counters
 from gateway.routing import CompiledRoute, RouteTable
 
 log = logging.getLogger("gateway")
@@ -73,6 +75,11 @@ class Gateway:
         self.cors = Cors(config.cors)
         self.verifier = JwtVerifier(config.auth.jwt) if config.auth.jwt else None
         self.keyring = ApiKeyRing(config.auth.api_keys) if config.auth.api_keys else None
+        self.counters = Counters(config.rate_limits)
+        limits_ = config.rate_limits
+        self.guard = (
+            FailureGuard(limits_.auth_failures, self.counters) if limits_.auth_failures else None
+        )
         self.table = RouteTable(self._compile(config))
         self.builtins: dict[str, BuiltinHandler] = {
             "/healthz": Gateway._healthz,
@@ -85,9 +92,14 @@ class Gateway:
             cors = Cors(route.cors) if route.cors else self.cors
             policies: list[Policy] = [cors, BodyLimit(config.gateway.max_body_bytes)]
             if not route.is_public:
-                policies.append(Authenticate(route.auth, self.verifier, self.keyring))
+                policies.append(Authenticate(route.auth, self.verifier, self.keyring, self.guard))
             if route.roles:
                 policies.append(RequireRoles(route.roles))
+            route_limits = (
+                route.rate_limit if route.rate_limit is not None else config.rate_limits.default
+            )
+            if route_limits:
+                policies.append(ApplyRateLimit(route, route_limits, self.counters))
             if route.versions:
                 policies.append(ChooseVersion(route.versions))
             if route.deprecation:
@@ -177,8 +189,20 @@ class Gateway:
         return _json({"status": "ok"})
 
     def _readyz(self, ctx: RequestContext) -> Response:
+        """Ready when the config is loaded and the rate-limit storage answers; with
+        on_storage_error: allow, a storage outage degrades but does not unready."""
+        storage_ok = self.counters.reachable()
+        deny = self.config.rate_limits.on_storage_error == "deny"
+        ready = storage_ok or not deny
+        checks = {
+            "config": "loaded",
+            "routes": len(self.table.routes),
+            "rate_limit_storage": "ok"
+            if storage_ok
+            else ("unreachable: requests get 503" if deny else "unreachable: limits not applied"),
+        }
         return _json(
-            {"status": "ready", "checks": {"config": "loaded", "routes": len(self.table.routes)}}
+            {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
         )
 
     def _log(self, ctx: RequestContext, response: Response) -> None:

@@ -113,6 +113,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serving import GatewayServer, gunicorn_options
 
     config = _load(args.config)  # refuse a bad file before any port is bound
+    if config.rate_limits.storage.startswith("memory://") and args.workers > 1:
+        print(
+            f"gateway serve: warning: rate limits are kept in memory:// and there are "
+            f"{args.workers} workers, so each worker counts alone and a client may get up "
+            "to workers x limit; set rate_limits.storage (RATE_LIMIT_STORAGE) to a "
+            "redis:// URL to share counters.",
+            file=sys.stderr,
+        )
     GatewayServer(config, gunicorn_options(args.host, args.port, args.workers, args.threads)).run()
     return 0
 

@@ -48,20 +48,8 @@ from gateway.paths import PathTemplate, TemplateError
 
 _VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 _HS_MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: a key at least as long as the hash output
-_STORAGE_SCHEMES = {
-    "memory",
-    "redis",
-    "rediss",
-    "redis+unix",
-    "redis+cluster",
-    "redis+sentinel",
-    "memcached",
-    "mongodb",
-    "valkey",
-    "valkeys",
-    "valkey+cluster",
-    "valkey+sentinel",
-}
+# The storages whose client ships with the gateway (redis-py covers all the Redis ones).
+_STORAGE_SCHEMES = {"memory", "redis", "rediss", "redis+unix", "redis+cluster", "redis+sentinel"}
 DEFAULT_CONFIG_PATH = "routes.yaml"
 # Answered by the gateway itself, before the route table.
 RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -185,6 +173,7 @@ class _Checker:
         self._jwt()
         self._api_keys()
         self._rate_limits(("rate_limits", "default"))
+        self._rate_limits(("rate_limits", "auth_failures"))
         self._storage()
         self._upstreams()
         self._routes()
@@ -730,6 +719,7 @@ def _build(document: Document) -> Config:
                 roles=tuple(r.get("roles", ())),
                 rate_limit=None if limits_text is None else parse_rate_limits(limits_text),
                 rate_limit_key=r.get("rate_limit_key", "identity"),
+                rate_limit_bucket=r.get("rate_limit_bucket"),
                 cors=_cors_settings({**cors, **r["cors"]}) if "cors" in r else None,
                 deprecation=_deprecation(r.get("deprecation")),
                 versions=_versions(r.get("versions")),
@@ -750,6 +740,8 @@ def _build(document: Document) -> Config:
             strategy=rl.get("strategy", "moving-window"),
             on_storage_error=rl.get("on_storage_error", "allow"),
             default=parse_rate_limits(rl.get("default", [])),
+            storage_timeout_ms=int(rl.get("storage_timeout_ms", 50)),
+            auth_failures=parse_rate_limits(rl.get("auth_failures", ["10/minute"])),
         ),
         upstreams=MappingProxyType(upstreams),
         routes=tuple(routes),

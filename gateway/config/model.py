@@ -99,6 +99,8 @@ class RateLimitSettings:
     strategy: RateLimitStrategy = "moving-window"
     on_storage_error: StorageErrorMode = "allow"
     default: tuple[RateLimit, ...] = ()
+    storage_timeout_ms: int = 50
+    auth_failures: tuple[RateLimit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +152,7 @@ class Route:
     roles: tuple[str, ...] = ()
     rate_limit: tuple[RateLimit, ...] | None = None  # None: the default limits apply
     rate_limit_key: RateLimitKey = "identity"
+    rate_limit_bucket: str | None = None  # None: the route's name
     cors: CorsSettings | None = None  # None: the top-level cors settings
     deprecation: Deprecation | None = None  # a deprecated URL version
     versions: Versions | None = None  # header versioning: upstream path per version

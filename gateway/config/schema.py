@@ -203,6 +203,19 @@ RATE_LIMITS = _object(
             **_RATE_LIMITS,
             "description": "Limits per client on every route without its own.",
         },
+        "storage_timeout_ms": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 5000,
+            "description": "Socket timeout of each storage call, so a stalled Redis cannot "
+            "stall requests (default 50).",
+        },
+        "auth_failures": {
+            **_RATE_LIMITS,
+            "description": "Failed authentications allowed per client address; over it, "
+            "429 before credentials are even checked (default [10/minute]; [] turns the "
+            "guard off).",
+        },
     },
     description="Rate limiting.",
 )
@@ -324,6 +337,12 @@ ROUTE = _object(
             "the default); an empty list: not limited.",
         },
         "rate_limit_key": {"enum": ["identity", "ip"]},
+        "rate_limit_bucket": {
+            "type": "string",
+            "pattern": "^[A-Za-z0-9_.-]+$",
+            "description": "Routes naming the same bucket share their counters (default: "
+            "each route counts alone).",
+        },
         "cors": {
             **CORS,
             "description": "CORS settings of this route: the keys given replace the "

@@ -11,13 +11,15 @@ from typing import ClassVar
 
 from werkzeug.wrappers import Response
 
-from gateway.config.model import AuthMethod
+from gateway.config.model import AuthMethod, RateLimit
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.identity import Identity, UnusableClaim, header_safe
 from gateway.credentials.jwks import KeysUnavailable
 from gateway.credentials.jwt import InvalidToken, JwtVerifier
 from gateway.policies.base import RequestContext
-from gateway.problems import ServiceUnavailable, Unauthorized
+from gateway.policies.ratelimit import storage_down
+from gateway.problems import RateLimited, ServiceUnavailable, Unauthorized
+from gateway.ratelimit import Counters, StorageUnavailable
 
 # RFC 6750 §3: the challenge of a bearer-token resource; `error` only when a token
 # was sent and refused.
@@ -40,13 +42,18 @@ class Authenticate:
         methods: tuple[AuthMethod, ...],
         verifier: JwtVerifier | None,
         keyring: ApiKeyRing | None,
+        guard: FailureGuard | None = None,
     ) -> None:
         self.methods = methods
         self.verifier = verifier if "jwt" in methods else None
         self.keyring = keyring if "api_key" in methods else None
+        self.guard = guard
 
     def on_request(self, ctx: RequestContext) -> Response | None:
+        if self.guard is not None:
+            self.guard.check(ctx)  # 429 before any credential is looked at
         token_error: str | None = None
+        key_presented = False
         keys_unavailable: KeysUnavailable | None = None
         if self.verifier is not None:
             token = _bearer_token(ctx.request.headers.get("Authorization", ""))
@@ -59,6 +66,7 @@ class Authenticate:
                     keys_unavailable = exc  # an API key may still let the caller in
         if ctx.identity is None and self.keyring is not None:
             presented = ctx.request.headers.get(self.keyring.header)
+            key_presented = bool(presented)
             key = self.keyring.lookup(presented) if presented else None
             if key is not None:
                 try:
@@ -77,6 +85,8 @@ class Authenticate:
             )
         if ctx.identity is None:
             ctx.auth_failure = token_error or "missing_or_invalid"
+            if self.guard is not None and (token_error is not None or key_presented):
+                self.guard.failed(ctx)  # only refused credentials count, not absent ones
             if token_error is not None:
                 raise Unauthorized(
                     _TOLD.get(token_error, "The access token is invalid."),
@@ -102,3 +112,35 @@ def _bearer_token(authorization: str) -> str | None:
     if scheme.lower() != "bearer":
         return None
     return token.strip()
+
+
+class FailureGuard:
+    """Brute-force guard: refused credentials count per client address; an address
+    over `rate_limits.auth_failures` gets 429 before its credentials are checked."""
+
+    BUCKET = "auth-failures"
+
+    def __init__(self, limits: tuple[RateLimit, ...], counters: Counters) -> None:
+        self.limits = limits
+        self.counters = counters
+
+    def check(self, ctx: RequestContext) -> None:
+        try:
+            verdict = self.counters.test(self.limits, self.BUCKET, f"ip:{ctx.client.ip}")
+        except StorageUnavailable:
+            error = storage_down(self.counters)
+            if error is not None:
+                raise error from None
+            return
+        if verdict is not None:
+            ctx.auth_failure = "too_many_failures"
+            raise RateLimited(
+                "Too many failed authentications from this address; try again later.",
+                headers={"Retry-After": str(verdict.retry_after())},
+            )
+
+    def failed(self, ctx: RequestContext) -> None:
+        try:
+            self.counters.hit(self.limits, self.BUCKET, f"ip:{ctx.client.ip}")
+        except StorageUnavailable:
+            pass  # already logged; the 401 stands either way

@@ -18,6 +18,7 @@ from gateway.credentials.identity import Identity
 from gateway.paths import PathTemplate
 
 if TYPE_CHECKING:
+    from gateway.ratelimit import Verdict
     from gateway.routing import CompiledRoute
 
 
@@ -42,6 +43,9 @@ class RequestContext:
     cors_applied: bool = False
     version: str | None = None  # chosen by header versioning
     upstream_template: PathTemplate | None = None  # the chosen version's upstream path
+    rate_limit_key: str | None = None  # the client key counted, once a limit applied
+    rate_limit_verdict: Verdict | None = None
+    rate_limit_storage_failed: bool = False
 
 
 class Policy(Protocol):

@@ -1,0 +1,151 @@
+"""Rate-limit counting: the `limits` package's strategies over one shared storage.
+
+flask-limiter is built on `limits`; the gateway uses `limits` directly because its
+own dispatch, not Flask's view decorators, decides which limits a request meets.
+Each check is one atomic call to the storage (Redis runs a Lua script for the moving
+and sliding windows, INCR for the fixed window), so limits hold exactly across
+processes and hosts sharing one Redis. Storage calls time out in tens of
+milliseconds, and every storage failure arrives as one StorageUnavailable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import limits
+import limits.errors
+import limits.storage
+import limits.strategies
+import redis
+
+from gateway.config.model import RateLimit, RateLimitSettings
+
+log = logging.getLogger("gateway.ratelimit")
+
+_STRATEGIES: dict[str, type[limits.strategies.RateLimiter]] = {
+    "moving-window": limits.strategies.MovingWindowRateLimiter,
+    "fixed-window": limits.strategies.FixedWindowRateLimiter,
+    "sliding-window-counter": limits.strategies.SlidingWindowCounterRateLimiter,
+}
+WARN_EVERY_SECONDS = 30.0
+
+
+class StorageUnavailable(Exception):
+    """The counters could not be reached (or answered too slowly)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The outcome of one check, with what the client is told about its budget."""
+
+    allowed: bool
+    limit: RateLimit  # the limit that decides the headers: the one closest to running out
+    remaining: int
+    reset_at: float  # epoch seconds when the window frees up
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.reset_at - time.time()))
+
+
+def make_storage(settings: RateLimitSettings) -> limits.storage.Storage:
+    """The storage for `settings.storage`, with short socket timeouts for Redis."""
+    uri = settings.storage
+    scheme = urlsplit(uri).scheme
+    if scheme == "memory":
+        return _sync(limits.storage.storage_from_string(uri))
+    timeout = settings.storage_timeout_ms / 1000
+    if scheme in ("redis", "rediss", "redis+unix"):
+        # Our own pool: redis-py's 5 s default timeout and its retries would let a
+        # frozen Redis hold every worker thread for seconds.
+        pool = redis.ConnectionPool.from_url(
+            uri.replace("redis+unix://", "unix://"),
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry_on_timeout=False,
+            retry=None,
+        )
+        return limits.storage.RedisStorage(uri, connection_pool=pool, wrap_exceptions=True)
+    return _sync(
+        limits.storage.storage_from_string(
+            uri, wrap_exceptions=True, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    )
+
+
+def _sync(storage: object) -> limits.storage.Storage:
+    if not isinstance(storage, limits.storage.Storage):  # only async:// URIs give others
+        raise ValueError("an async rate-limit storage cannot serve the gateway")
+    return storage
+
+
+class Counters:
+    """Counts hits per (bucket, client key) under a route's limits."""
+
+    def __init__(self, settings: RateLimitSettings) -> None:
+        self.settings = settings
+        self.storage = make_storage(settings)
+        self.limiter = _STRATEGIES[settings.strategy](self.storage)
+        self._last_warning = 0.0
+        self.storage_errors = 0
+        self._items: dict[str, limits.RateLimitItem] = {}
+
+    def _item(self, limit: RateLimit) -> limits.RateLimitItem:
+        item = self._items.get(limit.text)
+        if item is None:  # parsed once per limit text; the config has only a few
+            item = self._items[limit.text] = limits.parse(limit.text)
+        return item
+
+    def hit(self, limits_: tuple[RateLimit, ...], bucket: str, key: str) -> Verdict:
+        """Count one request against every limit; raise StorageUnavailable on failure."""
+        verdict: Verdict | None = None
+        try:
+            for limit in limits_:
+                item = self._item(limit)
+                allowed = self.limiter.hit(item, bucket, key)
+                stats = self.limiter.get_window_stats(item, bucket, key)
+                current = Verdict(allowed, limit, max(0, stats.remaining), stats.reset_time)
+                if not allowed:
+                    return current  # later limits are not charged for a refused request
+                if verdict is None or current.remaining < verdict.remaining:
+                    verdict = current
+        except limits.errors.StorageError as exc:
+            self._storage_failed(exc)
+            raise StorageUnavailable(str(exc)) from None
+        assert verdict is not None
+        return verdict
+
+    def test(self, limits_: tuple[RateLimit, ...], bucket: str, key: str) -> Verdict | None:
+        """The first limit already used up for this key (without counting), or None."""
+        try:
+            for limit in limits_:
+                item = self._item(limit)
+                if not self.limiter.test(item, bucket, key):
+                    stats = self.limiter.get_window_stats(item, bucket, key)
+                    return Verdict(False, limit, 0, stats.reset_time)
+        except limits.errors.StorageError as exc:
+            self._storage_failed(exc)
+            raise StorageUnavailable(str(exc)) from None
+        return None
+
+    def reachable(self) -> bool:
+        try:
+            return bool(self.storage.check())
+        except Exception:
+            return False
+
+    def _storage_failed(self, exc: Exception) -> None:
+        self.storage_errors += 1
+        now = time.monotonic()
+        if now - self._last_warning >= WARN_EVERY_SECONDS:
+            self._last_warning = now
+            log.warning(
+                "rate-limit storage failed (%s); on_storage_error=%s applies. %d failures so "
+                "far in this worker.",
+                exc,
+                self.settings.on_storage_error,
+                self.storage_errors,
+            )
