@@ -1,0 +1,241 @@
+"""Orders v1 and v2 over HTTP: shapes, ownership, visibility, validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from flask.testing import FlaskClient
+
+from upstream_stub import seed
+from upstream_stub.app import StubSettings, create_orders_app
+
+PEOPLE = seed.people(seed.DEFAULT_SEED, 30)
+ADMIN_ID, MEMBER_ID, GUEST_ID = (person.id for person in PEOPLE[:3])
+ADMIN = {"X-User-Id": ADMIN_ID, "X-User-Roles": "admin", "X-Auth-Method": "jwt"}
+MEMBER = {
+    "X-User-Id": MEMBER_ID,
+    "X-User-Roles": "member",
+    "X-Tenant-Id": "acme",
+    "X-Auth-Method": "jwt",
+}
+SERVICE = {"X-User-Roles": "service", "X-Auth-Method": "api_key", "X-Consumer-Id": "reporting"}
+ITEMS = [{"sku": "SKU-0001", "quantity": 2}]
+V1 = {"items": ITEMS, "total": 12.5}
+V2 = {"items": ITEMS, "total": {"amount_cents": 1250, "currency": "EUR"}}
+
+
+@pytest.fixture
+def client() -> FlaskClient:
+    return create_orders_app(StubSettings(seed_users=30, seed_orders=300)).test_client()
+
+
+def all_ids(client: FlaskClient, headers: dict[str, str], version: str = "v2") -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        query = "limit=200" + (f"&cursor={cursor}" if cursor else "")
+        body = client.get(f"/{version}/orders?{query}", headers=headers).get_json()
+        ids += [order["id"] for order in body["data"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return ids
+
+
+def problem(response: Any, status: int) -> dict[str, Any]:
+    assert response.status_code == status
+    assert response.mimetype == "application/problem+json"
+    body: dict[str, Any] = response.get_json(force=True)
+    assert body["status"] == status
+    return body
+
+
+def test_v1_and_v2_show_the_same_order_two_ways(client: FlaskClient) -> None:
+    v1 = client.get("/v1/orders?limit=5", headers=ADMIN).get_json()["data"]
+    v2 = client.get("/v2/orders?limit=5", headers=ADMIN).get_json()["data"]
+    assert [o["id"] for o in v1] == [o["id"] for o in v2]
+    for old, new in zip(v1, v2, strict=True):
+        assert isinstance(old["total"], int | float) and not isinstance(old["total"], bool)
+        assert set(new["total"]) == {"amount_cents", "currency"}
+        assert round(old["total"] * 100) == new["total"]["amount_cents"]
+        assert new["total"]["currency"] == "EUR"
+        assert {k: v for k, v in old.items() if k != "total"} == {
+            k: v for k, v in new.items() if k != "total"
+        }
+        assert set(new) == {"id", "user_id", "tenant_id", "status", "items", "total", "created_at"}
+
+
+def test_create_v1_and_read_it_in_v2(client: FlaskClient) -> None:
+    response = client.post("/v1/orders", json=V1, headers=MEMBER)
+    assert response.status_code == 201
+    created = response.get_json()
+    assert response.headers["Location"] == f"/v1/orders/{created['id']}"
+    assert created["total"] == 12.5
+    assert created["user_id"] == MEMBER_ID
+    assert created["tenant_id"] == "acme"
+    assert created["status"] == "pending"
+    as_v2 = client.get(f"/v2/orders/{created['id']}", headers=MEMBER).get_json()
+    assert as_v2["total"] == {"amount_cents": 1250, "currency": "EUR"}
+
+
+def test_create_v2_and_read_it_in_v1(client: FlaskClient) -> None:
+    body = {"items": ITEMS, "total": {"amount_cents": 1999, "currency": "USD"}}
+    response = client.post("/v2/orders", json=body, headers=ADMIN)
+    assert response.status_code == 201
+    created = response.get_json()
+    assert response.headers["Location"] == f"/v2/orders/{created['id']}"
+    assert created["total"] == {"amount_cents": 1999, "currency": "USD"}
+    assert created["user_id"] == ADMIN_ID
+    assert client.get(f"/v1/orders/{created['id']}", headers=ADMIN).get_json()["total"] == 19.99
+    newest = client.get("/v2/orders?limit=1", headers=ADMIN).get_json()["data"][0]
+    assert newest["id"] == created["id"]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_the_owner_comes_from_x_user_id(client: FlaskClient, version: str) -> None:
+    body = V1 if version == "v1" else V2
+    response = client.post(f"/{version}/orders", json={**body}, headers={"X-User-Roles": "admin"})
+    errors = problem(response, 422)["errors"]
+    assert [error["field"] for error in errors] == ["X-User-Id"]
+    sneaky = client.post(f"/{version}/orders", json={**body, "user_id": ADMIN_ID}, headers=MEMBER)
+    assert [e["field"] for e in problem(sneaky, 422)["errors"]] == ["user_id"]
+
+
+def test_member_sees_only_their_own_orders(client: FlaskClient) -> None:
+    everything = all_ids(client, ADMIN)
+    mine = all_ids(client, MEMBER)
+    assert len(everything) == 300
+    assert 0 < len(mine) < len(everything)
+    for order_id in mine[:5]:
+        order = client.get(f"/v2/orders/{order_id}", headers=MEMBER).get_json()
+        assert order["user_id"] == MEMBER_ID
+    pages = client.get("/v1/orders?limit=500", headers=MEMBER).get_json()["data"]
+    assert {order["user_id"] for order in pages} == {MEMBER_ID}
+
+
+def test_someone_elses_order_is_404_for_a_member(client: FlaskClient) -> None:
+    mine = set(all_ids(client, MEMBER))
+    other = next(i for i in all_ids(client, ADMIN) if i not in mine)
+    problem(client.get(f"/v2/orders/{other}", headers=MEMBER), 404)
+    problem(client.get(f"/v1/orders/{other}", headers=MEMBER), 404)
+    problem(client.delete(f"/v2/orders/{other}", headers=MEMBER), 404)
+    assert client.get(f"/v2/orders/{other}", headers=ADMIN).status_code == 200
+
+
+def test_admin_and_service_see_everything_and_admin_plus_member_too(client: FlaskClient) -> None:
+    everything = all_ids(client, ADMIN)
+    assert all_ids(client, SERVICE) == everything
+    both = {**MEMBER, "X-User-Roles": "member,admin"}
+    assert all_ids(client, both) == everything
+    spaced = {**MEMBER, "X-User-Roles": " member , service "}
+    assert all_ids(client, spaced) == everything
+
+
+def test_a_direct_call_without_identity_sees_everything(client: FlaskClient) -> None:
+    assert all_ids(client, {}) == all_ids(client, ADMIN)
+
+
+def test_other_roles_see_only_their_own(client: FlaskClient) -> None:
+    guest = {"X-User-Id": GUEST_ID, "X-User-Roles": "guest"}
+    ids = all_ids(client, guest)
+    for order_id in ids[:3]:
+        assert client.get(f"/v2/orders/{order_id}", headers=guest).get_json()["user_id"] == GUEST_ID
+    nobody = {"X-User-Roles": "member"}  # a role but no user: owns nothing
+    assert all_ids(client, nobody) == []
+
+
+def test_a_members_new_order_is_theirs_only(client: FlaskClient) -> None:
+    other = {**MEMBER, "X-User-Id": "usr_other"}
+    created = client.post("/v2/orders", json=V2, headers=other).get_json()
+    assert created["id"] in all_ids(client, other)
+    assert created["id"] not in all_ids(client, MEMBER)
+    problem(client.get(f"/v2/orders/{created['id']}", headers=MEMBER), 404)
+
+
+def test_delete_is_204_then_404(client: FlaskClient) -> None:
+    created = client.post("/v1/orders", json=V1, headers=MEMBER).get_json()
+    response = client.delete(f"/v1/orders/{created['id']}", headers=ADMIN)
+    assert response.status_code == 204
+    assert response.data == b""
+    problem(client.get(f"/v2/orders/{created['id']}", headers=ADMIN), 404)
+    problem(client.delete(f"/v2/orders/{created['id']}", headers=ADMIN), 404)
+
+
+def test_a_member_may_delete_their_own(client: FlaskClient) -> None:
+    created = client.post("/v2/orders", json=V2, headers=MEMBER).get_json()
+    assert client.delete(f"/v2/orders/{created['id']}", headers=MEMBER).status_code == 204
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({}, ["items", "total"]),
+        ({"items": [], "total": 1}, ["items"]),
+        ({"items": "x", "total": 1}, ["items"]),
+        (
+            {"items": [{"sku": "", "quantity": 0}], "total": 1},
+            ["items[0].quantity", "items[0].sku"],
+        ),
+        ({"items": [{"quantity": 1}, 5], "total": 1}, ["items[0].sku", "items[1]"]),
+        (
+            {"items": [{"sku": "A", "quantity": True, "colour": "red"}], "total": 1},
+            ["items[0].colour", "items[0].quantity"],
+        ),
+        ({"items": ITEMS, "total": "12.50"}, ["total"]),
+        ({"items": ITEMS, "total": True}, ["total"]),
+        ({"items": ITEMS, "total": -1}, ["total"]),
+        ({"items": ITEMS, "total": 12.345}, ["total"]),
+        ({"items": ITEMS, "total": {"amount_cents": 1, "currency": "EUR"}}, ["total"]),
+    ],
+)
+def test_v1_validation(client: FlaskClient, body: dict[str, Any], fields: list[str]) -> None:
+    response = client.post("/v1/orders", json=body, headers=MEMBER)
+    errors = problem(response, 422)["errors"]
+    assert sorted(error["field"] for error in errors) == sorted(fields)
+
+
+@pytest.mark.parametrize(
+    ("body", "fields"),
+    [
+        ({"items": ITEMS, "total": 12.5}, ["total"]),
+        ({"items": ITEMS, "total": {}}, ["total.amount_cents", "total.currency"]),
+        (
+            {"items": ITEMS, "total": {"amount_cents": 1.5, "currency": "eur"}},
+            ["total.amount_cents", "total.currency"],
+        ),
+        (
+            {"items": ITEMS, "total": {"amount_cents": -1, "currency": "EURO"}},
+            ["total.amount_cents", "total.currency"],
+        ),
+        (
+            {"items": ITEMS, "total": {"amount_cents": 1, "currency": "EUR", "tax": 1}},
+            ["total.tax"],
+        ),
+        ({"items": ITEMS, "total": V2["total"], "status": "paid"}, ["status"]),
+    ],
+)
+def test_v2_validation(client: FlaskClient, body: dict[str, Any], fields: list[str]) -> None:
+    response = client.post("/v2/orders", json=body, headers=MEMBER)
+    errors = problem(response, 422)["errors"]
+    assert sorted(error["field"] for error in errors) == sorted(fields)
+
+
+@pytest.mark.parametrize(("total", "cents"), [(0, 0), (12, 1200), (0.1, 10), (19.99, 1999)])
+def test_v1_totals_convert_to_exact_cents(client: FlaskClient, total: float, cents: int) -> None:
+    created = client.post("/v1/orders", json={"items": ITEMS, "total": total}, headers=MEMBER)
+    order_id = created.get_json()["id"]
+    as_v2 = client.get(f"/v2/orders/{order_id}", headers=MEMBER).get_json()
+    assert as_v2["total"]["amount_cents"] == cents
+
+
+def test_unknown_versions_and_paths_are_404_problems(client: FlaskClient) -> None:
+    problem(client.get("/v3/orders"), 404)
+    problem(client.get("/orders"), 404)
+    problem(client.get("/v2/orders/ord_missing", headers=ADMIN), 404)
+
+
+def test_wrong_methods_are_405_problems(client: FlaskClient) -> None:
+    response = client.put("/v2/orders/ord_x", headers=ADMIN)
+    problem(response, 405)
+    assert "DELETE" in response.headers["Allow"]
+    problem(client.patch("/v1/orders", headers=ADMIN), 405)

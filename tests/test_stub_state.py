@@ -1,0 +1,27 @@
+"""Per-app state: each app has its own store."""
+
+from __future__ import annotations
+
+from upstream_stub.app import StubSettings, create_orders_app
+from upstream_stub.models import Order, User
+from upstream_stub.state import new_orders_collection, new_users_collection, orders_state
+
+
+def test_each_app_has_its_own_store() -> None:
+    settings = StubSettings(seed_users=3, seed_orders=10)
+    first, second = create_orders_app(settings), create_orders_app(settings)
+    with first.app_context():
+        first_orders = orders_state().orders
+    with second.app_context():
+        second_orders = orders_state().orders
+    assert first_orders is not second_orders
+    assert len(first_orders) == len(second_orders) == 10
+
+
+def test_collections_are_keyed_as_the_services_need() -> None:
+    users = new_users_collection()
+    users.load([User("usr_1", "a@example.com", "A", "member", "t", 1, 1)])
+    assert users.find_unique("a@example.com") is not None
+    orders = new_orders_collection()
+    orders.load([Order("ord_1", "usr_1", None, "paid", (), 1, "EUR", 1)])
+    assert [o.id for o in orders.page(5, group="usr_1").items] == ["ord_1"]

@@ -1,0 +1,188 @@
+"""A thread-safe in-memory collection with keyset (newest-first) paging.
+
+The stub runs one gunicorn worker with several threads, so every read and write
+goes through one lock per collection. Records are immutable; an update replaces
+the record, so a reader never sees one half-written.
+
+Every record has a position (created_us, id). New records get a created_us strictly
+greater than every position ever handed out, so a client paging newest-first with
+"strictly older than my last item" cursors meets each item that existed when it
+started exactly once, however many are inserted meanwhile.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+Position = tuple[int, str]  # (created_us, id): the sort key, ascending in storage
+
+
+class Record(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def created_us(self) -> int: ...
+
+
+R = TypeVar("R", bound=Record)
+
+
+class Duplicate(Exception):
+    """A unique value (e.g. an email) that another record already holds."""
+
+    def __init__(self, value: str) -> None:
+        super().__init__(value)
+        self.value = value
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[R]):
+    items: list[R]
+    has_more: bool
+
+
+def _position(record: Record) -> Position:
+    return (record.created_us, record.id)
+
+
+def wall_clock_us() -> int:
+    return time.time_ns() // 1000
+
+
+class Collection(Generic[R]):
+    """Records by id, kept in position order, with an optional unique key and group.
+
+    unique: a value no two records may share (compared as given).
+    group: a value records are also listed by (e.g. an order's owner), so a
+    member's page costs as little as an admin's.
+    """
+
+    def __init__(
+        self,
+        *,
+        unique: Callable[[R], str] | None = None,
+        group: Callable[[R], str | None] | None = None,
+        clock: Callable[[], int] = wall_clock_us,
+    ) -> None:
+        self._lock = threading.Lock()
+        self._unique_of = unique
+        self._group_of = group
+        self._clock = clock
+        self._by_id: dict[str, R] = {}
+        self._positions: list[Position] = []
+        self._groups: dict[str, list[Position]] = {}
+        self._unique: dict[str, str] = {}
+        self._latest_us = 0
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._by_id)
+
+    def load(self, records: Iterable[R]) -> None:
+        """Adds records that already have their positions (seed data)."""
+        with self._lock:
+            for record in records:
+                self._add(record)
+
+    def insert(self, make: Callable[[int], R]) -> R:
+        """Adds make(created_us), created_us later than every position so far."""
+        with self._lock:
+            created_us = max(self._clock(), self._latest_us + 1)
+            record = make(created_us)
+            if record.created_us != created_us:
+                raise ValueError("a new record must take the created_us it is given")
+            self._add(record)
+            return record
+
+    def get(self, record_id: str) -> R | None:
+        with self._lock:
+            return self._by_id.get(record_id)
+
+    def find_unique(self, value: str) -> R | None:
+        with self._lock:
+            record_id = self._unique.get(value)
+            return self._by_id.get(record_id) if record_id is not None else None
+
+    def replace(self, record_id: str, change: Callable[[R], R]) -> R | None:
+        """Swaps a record for change(record); its id and position must stay."""
+        with self._lock:
+            old = self._by_id.get(record_id)
+            if old is None:
+                return None
+            new = change(old)
+            if _position(new) != _position(old):
+                raise ValueError("a replacement must keep the record's id and position")
+            if self._group_of is not None and self._group_of(new) != self._group_of(old):
+                raise ValueError("a replacement must keep the record's group")
+            if self._unique_of is not None:
+                old_value, new_value = self._unique_of(old), self._unique_of(new)
+                if new_value != old_value:
+                    if new_value in self._unique:
+                        raise Duplicate(new_value)
+                    del self._unique[old_value]
+                    self._unique[new_value] = record_id
+            self._by_id[record_id] = new
+            return new
+
+    def delete(self, record_id: str) -> bool:
+        with self._lock:
+            record = self._by_id.pop(record_id, None)
+            if record is None:
+                return False
+            position = _position(record)
+            _remove(self._positions, position)
+            group = self._group_of(record) if self._group_of is not None else None
+            if group is not None:
+                _remove(self._groups[group], position)
+            if self._unique_of is not None:
+                del self._unique[self._unique_of(record)]
+            return True
+
+    def page(
+        self, limit: int, *, before: Position | None = None, group: str | None = None
+    ) -> Page[R]:
+        """Up to `limit` records, newest first, strictly older than `before`.
+
+        With `group`, only that group's records (an unknown group is empty).
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        with self._lock:
+            if group is None:
+                positions = self._positions
+            else:
+                if self._group_of is None:
+                    raise ValueError("this collection has no groups")
+                positions = self._groups.get(group, [])
+            end = len(positions) if before is None else bisect.bisect_left(positions, before)
+            start = max(0, end - limit)
+            items = [self._by_id[position[1]] for position in reversed(positions[start:end])]
+            return Page(items, has_more=start > 0)
+
+    def _add(self, record: R) -> None:
+        if record.id in self._by_id:
+            raise ValueError(f"id {record.id} is taken")
+        if self._unique_of is not None:
+            value = self._unique_of(record)
+            if value in self._unique:
+                raise Duplicate(value)
+            self._unique[value] = record.id
+        position = _position(record)
+        self._by_id[record.id] = record
+        bisect.insort(self._positions, position)
+        group = self._group_of(record) if self._group_of is not None else None
+        if group is not None:
+            bisect.insort(self._groups.setdefault(group, []), position)
+        self._latest_us = max(self._latest_us, record.created_us)
+
+
+def _remove(positions: list[Position], position: Position) -> None:
+    index = bisect.bisect_left(positions, position)
+    if index < len(positions) and positions[index] == position:
+        del positions[index]
