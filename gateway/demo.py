@@ -50,6 +50,9 @@ def _python(module_main: str, *args: str) -> list[str]:
 
 def port_taken(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As a server binds: connections of a previous run lingering in TIME_WAIT do
+        # not make the port "taken"; a listening socket still does.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((HOST, port))
         except OSError:

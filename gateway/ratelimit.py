@@ -51,6 +51,13 @@ class Verdict:
         return max(1, math.ceil(self.reset_at - time.time()))
 
 
+def _reset_at(reported: float, limit: RateLimit) -> float:
+    """When the window frees up: the storage's answer, unless it is not in the future
+    (limits' sliding-window counter on Redis reports "now" for a fresh counter)."""
+    now = time.time()
+    return reported if reported > now else now + limit.seconds
+
+
 def make_storage(settings: RateLimitSettings) -> limits.storage.Storage:
     """The storage for `settings.storage`, with short socket timeouts for Redis."""
     uri = settings.storage
@@ -100,16 +107,27 @@ class Counters:
         return item
 
     def hit(self, limits_: tuple[RateLimit, ...], bucket: str, key: str) -> Verdict:
-        """Count one request against every limit; raise StorageUnavailable on failure."""
+        """Count one request against every limit; raise StorageUnavailable on failure.
+
+        With several limits, a request one of them refuses is charged to none: they
+        are all tested first, then counted. (Between the two, a concurrent request can
+        still win the last slot; the count itself stays atomic per limit.)
+        """
+        if len(limits_) > 1:
+            refused = self.test(limits_, bucket, key)
+            if refused is not None:
+                return refused
         verdict: Verdict | None = None
         try:
             for limit in limits_:
                 item = self._item(limit)
                 allowed = self.limiter.hit(item, bucket, key)
                 stats = self.limiter.get_window_stats(item, bucket, key)
-                current = Verdict(allowed, limit, max(0, stats.remaining), stats.reset_time)
+                current = Verdict(
+                    allowed, limit, max(0, stats.remaining), _reset_at(stats.reset_time, limit)
+                )
                 if not allowed:
-                    return current  # later limits are not charged for a refused request
+                    return current
                 if verdict is None or current.remaining < verdict.remaining:
                     verdict = current
         except limits.errors.StorageError as exc:
@@ -125,7 +143,7 @@ class Counters:
                 item = self._item(limit)
                 if not self.limiter.test(item, bucket, key):
                     stats = self.limiter.get_window_stats(item, bucket, key)
-                    return Verdict(False, limit, 0, stats.reset_time)
+                    return Verdict(False, limit, 0, _reset_at(stats.reset_time, limit))
         except limits.errors.StorageError as exc:
             self._storage_failed(exc)
             raise StorageUnavailable(str(exc)) from None

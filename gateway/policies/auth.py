@@ -18,7 +18,7 @@ from gateway.credentials.jwks import KeysUnavailable
 from gateway.credentials.jwt import InvalidToken, JwtVerifier
 from gateway.policies.base import RequestContext
 from gateway.policies.ratelimit import storage_down
-from gateway.problems import RateLimited, ServiceUnavailable, Unauthorized
+from gateway.problems import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
 from gateway.ratelimit import Counters, StorageUnavailable
 
 # RFC 6750 §3: the challenge of a bearer-token resource; `error` only when a token
@@ -47,6 +47,9 @@ class Authenticate:
         self.methods = methods
         self.verifier = verifier if "jwt" in methods else None
         self.keyring = keyring if "api_key" in methods else None
+        # Known on every route, to tell a valid key on a route that does not take keys
+        # (403: identified, not allowed) from no credentials at all (401).
+        self.any_keyring = keyring
         self.guard = guard
 
     def on_request(self, ctx: RequestContext) -> Response | None:
@@ -83,6 +86,9 @@ class Authenticate:
                 "The keys to verify access tokens cannot be had right now.",
                 headers={"Retry-After": str(keys_unavailable.retry_after)},
             )
+        if ctx.identity is None and token_error is None and self._valid_key_elsewhere(ctx):
+            ctx.auth_failure = "api_key_not_accepted"
+            raise Forbidden("This route does not accept API keys.")
         if ctx.identity is None:
             ctx.auth_failure = token_error or "missing_or_invalid"
             if self.guard is not None and (token_error is not None or key_presented):
@@ -100,6 +106,12 @@ class Authenticate:
             )
         ctx.upstream_headers.update(ctx.identity.upstream_headers())
         return None
+
+    def _valid_key_elsewhere(self, ctx: RequestContext) -> bool:
+        if self.keyring is not None or self.any_keyring is None:
+            return False
+        presented = ctx.request.headers.get(self.any_keyring.header)
+        return presented is not None and self.any_keyring.lookup(presented) is not None
 
     def on_response(self, ctx: RequestContext, response: Response) -> Response:
         return response
