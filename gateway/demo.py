@@ -211,12 +211,15 @@ class Demo:
 
     def _start(self, part: Part) -> bool:
         with open(part.log, "wb") as log:
+            # Each part leads its own process group, so stopping it reaches its gunicorn
+            # workers too, even if its master is gone first.
             part.process = subprocess.Popen(
                 part.argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
+                start_new_session=True,
             )
         deadline = time.monotonic() + READY_SECONDS
         while time.monotonic() < deadline and not self.stopping.is_set():
@@ -237,20 +240,42 @@ class Demo:
         return False
 
     def _stop_all(self) -> None:
-        running = [p for p in reversed(self.parts) if p.process and p.process.poll() is None]
-        for part in running:
-            assert part.process is not None
-            part.process.terminate()
+        started = [p for p in reversed(self.parts) if p.process is not None]
+        for part in started:
+            _signal_group(part, signal.SIGTERM)
         deadline = time.monotonic() + STOP_SECONDS
-        for part in running:
+        for part in started:
             assert part.process is not None
             try:
                 part.process.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                part.process.kill()
+                pass
+            # Whatever of the group outlives the deadline (or its master) is killed.
+            while _group_alive(part) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            _signal_group(part, signal.SIGKILL)
+            if part.process.poll() is None:
                 part.process.wait()
-        if running:
+        if started:
             print("gateway demo: stopped the gateway and both stubs.", flush=True)
+
+
+def _signal_group(part: Part, sig: signal.Signals) -> None:
+    assert part.process is not None
+    try:
+        os.killpg(part.process.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass  # the whole group is already gone
+
+
+def _group_alive(part: Part) -> bool:
+    assert part.process is not None
+    part.process.poll()  # reap the leader if it exited, so it does not count
+    try:
+        os.killpg(part.process.pid, 0)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
 
 
 def run_demo(

@@ -298,9 +298,21 @@ def test_api_key_is_not_forwarded_on_routes_that_do_not_take_it(
 def test_api_key_alone_does_not_open_a_jwt_route(
     stack: AuthStack, upstream: MisbehavingUpstream
 ) -> None:
+    # A valid key identifies the caller, but this route takes only JWTs: 403, not 401.
     target = stack.target("pem")
     marker = _marker()
     reply = _get(target, "jwt", marker, [(API_KEY_HEADER, _api_key(target, "ops").raw)])
+    body = assert_problem(reply, 403, "forbidden", "/jwt/probe")
+    assert body["detail"] == "This route does not accept API keys."
+    assert upstream.received(marker) == []
+
+
+def test_an_unknown_api_key_on_a_jwt_route_is_401(
+    stack: AuthStack, upstream: MisbehavingUpstream
+) -> None:
+    target = stack.target("pem")
+    marker = _marker()
+    reply = _get(target, "jwt", marker, [(API_KEY_HEADER, "not-a-key-at-all")])
     assert_unauthorized(reply, "/jwt/probe", token_sent=False)
     assert upstream.received(marker) == []
 
