@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 from collections.abc import Iterator
@@ -13,12 +14,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from gateway.cli import main
+from gateway.cli import build_parser, main
 from gateway.config.load import load_config_text
 from gateway.config.schema import SCHEMA
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
 REFERENCE = DOCS / "configuration.md"
+OPERATIONS = DOCS / "operations.md"
+README = ROOT / "README.md"
+MAKEFILE = ROOT / "Makefile"
 SCHEMA_FILE = DOCS / "routes.schema.json"
 
 # What the examples may need: environment variables without defaults, and the files
@@ -140,3 +145,99 @@ def test_every_complete_yaml_example_in_the_reference_loads(
 def test_editor_modeline_points_at_the_published_schema() -> None:
     text = REFERENCE.read_text(encoding="utf-8")
     assert "# yaml-language-server: $schema=docs/routes.schema.json" in text
+
+
+# -- commands named in the prose docs ------------------------------------------------
+
+_SHELL_LANGUAGES = {"sh", "bash", "shell", "console"}
+# Fenced blocks, also those indented under a list item.
+_ANY_FENCE = re.compile(
+    r"^[ \t]*```([A-Za-z0-9_-]*)[ \t]*\n(.*?)^[ \t]*```[ \t]*$", re.MULTILINE | re.DOTALL
+)
+_SHELL_COMMENT = re.compile(r"(?:^|\s+)#.*$")
+# `make demo`; `gateway check` or `.venv/bin/gateway check`, not `gateway.serving`
+_MAKE = r"make\s+([A-Za-z0-9_][A-Za-z0-9_.-]*)"
+_GATEWAY = r"(?:[\w.~/-]*/)?gateway[ \t]+([a-z][a-z-]*)"
+# In a shell line the command may follow `;`, `&&`, `$(` or variable assignments.
+_IN_SHELL = r"(?:^|[\s;&|(])"
+# An inline code span names a command only when it starts with one (after optional
+# NAME=value assignments): `gateway demo: stopped the gateway and ...` is output.
+_SPAN_START = r"^(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*"
+_MAKE_RULE = re.compile(r"^([A-Za-z0-9_.-]+(?:[ \t]+[A-Za-z0-9_.-]+)*)[ \t]*:(?!=)", re.MULTILINE)
+
+
+def _commands(path: Path, command: str) -> set[str]:
+    """What follows `command` (a pattern with one group) wherever `path` shows it as
+    code: in sh/bash/console blocks (shell comments cut off, since they are prose) and
+    at the start of inline code spans. Text blocks hold output, not commands."""
+    text = path.read_text(encoding="utf-8")
+    in_shell = re.compile(_IN_SHELL + command)
+    at_span_start = re.compile(_SPAN_START + command)
+    found: set[str] = set()
+    for block in _ANY_FENCE.finditer(text):
+        if block.group(1) in _SHELL_LANGUAGES:
+            for line in block.group(2).splitlines():
+                line = _SHELL_COMMENT.sub("", line.strip().removeprefix("$ "))
+                found.update(in_shell.findall(line))
+    for span in _CODE_SPAN.findall(_ANY_FENCE.sub("", text)):
+        match = at_span_start.match(span.strip())
+        if match:
+            found.add(match.group(1))
+    return found
+
+
+def _makefile_targets() -> set[str]:
+    targets: set[str] = set()
+    for match in _MAKE_RULE.finditer(MAKEFILE.read_text(encoding="utf-8")):
+        targets.update(name for name in match.group(1).split() if not name.startswith("."))
+    return targets
+
+
+def _gateway_subcommands() -> set[str]:
+    for action in build_parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return set(action.choices)
+    raise AssertionError("gateway's parser has no subcommands")
+
+
+def test_makefile_targets_are_read() -> None:
+    assert {"demo", "test", "install", "unit", "integration"} <= _makefile_targets()
+
+
+def test_every_make_target_in_the_readme_exists_in_the_makefile() -> None:
+    named = _commands(README, _MAKE)
+    assert {"demo", "test"} <= named, "the README's quick start names make demo and make test"
+    missing = sorted(named - _makefile_targets())
+    assert not missing, f"README.md names make targets the Makefile lacks: {', '.join(missing)}"
+
+
+@pytest.mark.parametrize("doc", [README, OPERATIONS, REFERENCE], ids=lambda p: p.name)
+def test_every_gateway_subcommand_in_the_docs_is_real(doc: Path) -> None:
+    named = _commands(doc, _GATEWAY)
+    assert {"check", "serve"} <= named, f"{doc.name} should show gateway check and serve"
+    unknown = sorted(named - _gateway_subcommands())
+    assert not unknown, f"{doc.name} names gateway subcommands that do not exist: {unknown}"
+
+
+@pytest.mark.parametrize(
+    ("command", "code", "in_shell", "at_span_start"),
+    [
+        (_MAKE, "RATE_LIMIT_STORAGE=redis://127.0.0.1:6379/0 make demo", ["demo"], "demo"),
+        (_GATEWAY, ".venv/bin/gateway hash-key 'k'", ["hash-key"], "hash-key"),
+        (_GATEWAY, "NEXT=$(gateway explain GET /x)", ["explain"], None),
+        (_GATEWAY, "gateway.serving.GatewayWorker", [], None),
+        (_GATEWAY, "Logs: /tmp/gateway-demo-x", [], None),
+        (_GATEWAY, "gateway demo: stopped the gateway and both stubs.", None, "demo"),
+    ],
+)
+def test_command_patterns_read_what_a_reader_would_paste(
+    command: str, code: str, in_shell: list[str] | None, at_span_start: str | None
+) -> None:
+    if in_shell is not None:
+        assert re.findall(_IN_SHELL + command, code) == in_shell
+    match = re.match(_SPAN_START + command, code)
+    assert (match.group(1) if match else None) == at_span_start
+
+
+def test_shell_comments_are_prose() -> None:
+    assert _SHELL_COMMENT.sub("", "gateway demo   # the gateway is up") == "gateway demo"
