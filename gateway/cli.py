@@ -184,7 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=8080, help="gateway port")
     demo.add_argument("--users-port", type=int, default=8081)
     demo.add_argument("--orders-port", type=int, default=8082)
-    demo.add_argument("--workers", type=int, default=2)
+    # One worker: the demo's limits live in memory:// unless RATE_LIMIT_STORAGE names a
+    # Redis, and several workers would each count alone.
+    demo.add_argument("--workers", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
     hash_key = commands.add_parser(
         "hash-key", help="print the SHA-256 of an API key (reads stdin when no key is given)"
@@ -196,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    result: int = args.func(args)
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:  # `gateway routes | head`: the reader left, nothing to say
+        sys.stderr.close()
+        return 0
     return result
 
 

@@ -283,6 +283,6 @@ def run_demo(
     gateway_port: int = 8080,
     users_port: int = 8081,
     orders_port: int = 8082,
-    workers: int = 2,
+    workers: int = 1,
 ) -> int:
     return Demo(config, gateway_port, users_port, orders_port, workers).run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from werkzeug.test import EnvironBuilder
@@ -29,7 +30,13 @@ def explain(
     ).get_environ()
     environ["RAW_URI"] = target
     request = Request(environ)
-    gateway = Gateway(config)
+    # Counted in memory, never in the deployment's storage: explaining a request must
+    # not spend a real client's budget.
+    gateway = Gateway(
+        dataclasses.replace(
+            config, rate_limits=dataclasses.replace(config.rate_limits, storage="memory://")
+        )
+    )
     try:
         ctx = gateway.context(request, request_id_for(request))
         lines = [f"request:   {method} {target}"]

@@ -357,6 +357,12 @@ class _Checker:
                     ("rate_limits", "storage"),
                     f"rate_limits.storage {storage!r}: use memory:// or redis://host:port/db",
                 )
+            elif scheme == "redis+sentinel" and not urlsplit(storage).path.strip("/"):
+                self.fail(
+                    ("rate_limits", "storage"),
+                    f"rate_limits.storage {storage!r}: name the sentinel service, as in "
+                    "redis+sentinel://host:26379/mymaster",
+                )
 
     def _upstreams(self) -> None:
         upstreams = self.data.get("upstreams")

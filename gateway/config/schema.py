@@ -191,8 +191,8 @@ RATE_LIMITS = _object(
     {
         "storage": {
             "type": "string",
-            "description": "memory:// or redis://host:port/db (and the URIs of "
-            "the `limits` package).",
+            "description": "memory:// (per process), or a shared Redis: redis://host:port/db, "
+            "rediss://, redis+unix://, redis+cluster://, redis+sentinel://.",
         },
         "strategy": {"enum": ["moving-window", "fixed-window", "sliding-window-counter"]},
         "on_storage_error": {

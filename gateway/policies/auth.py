@@ -130,7 +130,7 @@ class FailureGuard:
     """Brute-force guard: refused credentials count per client address; an address
     over `rate_limits.auth_failures` gets 429 before its credentials are checked."""
 
-    BUCKET = "auth-failures"
+    BUCKET = "gateway:auth-failures"  # ":" cannot occur in a route or bucket name
 
     def __init__(self, limits: tuple[RateLimit, ...], counters: Counters) -> None:
         self.limits = limits
