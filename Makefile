@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway upstream_stub tests
-	$(BIN)/ruff format --check gateway upstream_stub tests
+	$(BIN)/ruff check gateway upstream_stub tests loadtests
+	$(BIN)/ruff format --check gateway upstream_stub tests loadtests
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
