@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from ipaddress import ip_address, ip_network
 from urllib.parse import quote, unquote, urlsplit
 
 from flask import Flask, request
@@ -13,10 +14,13 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from gateway.breaker import State
 from gateway.clientinfo import client_info
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
+from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from gateway.metrics import Metrics
 from gateway.observability import log_access, request_id_for, setup_logging
 from gateway.paths import PathTemplate, unsafe_path_reason
 from gateway.policies.auth import Authenticate, FailureGuard
@@ -28,6 +32,7 @@ from gateway.policies.ratelimit import ApplyRateLimit
 from gateway.policies.roles import RequireRoles
 from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
 from gateway.problems import (
+    Forbidden,
     GatewayError,
     InternalError,
     InvalidPath,
@@ -71,7 +76,9 @@ class Gateway:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.forwarder = Forwarder(config)
+        self.metrics = Metrics()
+        self.forwarder = Forwarder(config, on_breaker_change=self._breaker_changed)
+        self.metrics_allow = [ip_network(n, strict=False) for n in config.gateway.metrics_allow]
         self.cors = Cors(config.cors)
         self.verifier = JwtVerifier(config.auth.jwt) if config.auth.jwt else None
         self.keyring = ApiKeyRing(config.auth.api_keys) if config.auth.api_keys else None
@@ -84,6 +91,7 @@ class Gateway:
         self.builtins: dict[str, BuiltinHandler] = {
             "/healthz": Gateway._healthz,
             "/readyz": Gateway._readyz,
+            "/metrics": Gateway._metrics,
         }
 
     def _compile(self, config: Config) -> list[CompiledRoute]:
@@ -189,34 +197,75 @@ class Gateway:
         return _json({"status": "ok"})
 
     def _readyz(self, ctx: RequestContext) -> Response:
-        """Ready when the config is loaded and the rate-limit storage answers; with
-        on_storage_error: allow, a storage outage degrades but does not unready."""
+        """Ready when the config is loaded, the rate-limit storage answers (with
+        on_storage_error: allow, an outage degrades but does not unready) and no
+        upstream breaker of this worker is open."""
         storage_ok = self.counters.reachable()
         deny = self.config.rate_limits.on_storage_error == "deny"
-        ready = storage_ok or not deny
+        breakers = {name: b.state for name, b in sorted(self.forwarder.breakers.items())}
+        ready = (storage_ok or not deny) and all(s == "closed" for s in breakers.values())
         checks = {
             "config": "loaded",
             "routes": len(self.table.routes),
             "rate_limit_storage": "ok"
             if storage_ok
             else ("unreachable: requests get 503" if deny else "unreachable: limits not applied"),
+            "upstream_breakers": breakers,
         }
         return _json(
             {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
         )
 
+    def _metrics(self, ctx: RequestContext) -> Response:
+        """Prometheus text for clients on `gateway.metrics_allow` networks only."""
+        try:
+            address = ip_address(ctx.client.ip)
+        except ValueError:
+            address = None
+        if address is None or not any(address in n for n in self.metrics_allow):
+            raise Forbidden("Metrics are not served to this address.")
+        return Response(self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+    def _breaker_changed(self, upstream: str, state: State) -> None:
+        self.metrics.breaker_open.labels(upstream).set(0 if state == "closed" else 1)
+
+    def _observe(self, ctx: RequestContext, response: Response, seconds: float) -> None:
+        m = self.metrics
+        route = ctx.route.route.name if ctx.route else "unmatched"
+        m.requests.labels(route, ctx.request.method, str(response.status_code)).inc()
+        m.request_seconds.labels(route).observe(seconds)
+        if ctx.route is not None and ctx.upstream_ms is not None:
+            m.upstream_seconds.labels(ctx.route.upstream.name).observe(ctx.upstream_ms / 1000)
+        if ctx.upstream_error is not None and ctx.route is not None:
+            m.upstream_errors.labels(ctx.route.upstream.name, ctx.upstream_error).inc()
+        if response.status_code == 429:
+            m.rate_limited.labels(route).inc()
+        if ctx.auth_failure is not None:
+            m.auth_failures.labels(ctx.auth_failure).inc()
+        if ctx.rate_limit_storage_failed:
+            m.storage_errors.inc()
+
     def _log(self, ctx: RequestContext, response: Response) -> None:
+        seconds = time.perf_counter() - ctx.started
+        if ctx.path != "/metrics":
+            self._observe(ctx, response, seconds)
+        body = ctx.body
         log_access(
             request_id=ctx.request_id,
             method=ctx.request.method,
             path=ctx.path.encode("unicode_escape").decode("ascii"),
             route=ctx.route.route.name if ctx.route else None,
             status=response.status_code,
-            duration_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+            duration_ms=round(seconds * 1000, 3),
+            upstream=ctx.route.upstream.name if ctx.route else None,
             upstream_ms=None if ctx.upstream_ms is None else round(ctx.upstream_ms, 3),
+            upstream_error=ctx.upstream_error,
             client=ctx.identity.rate_limit_key if ctx.identity else f"ip:{ctx.client.ip}",
             auth_method=ctx.identity.method if ctx.identity else None,
             auth_failure=ctx.auth_failure,
+            bytes_in=len(body) if body is not None else ctx.request.content_length or 0,
+            # A streamed answer's size is its Content-Length; None when it is chunked.
+            bytes_out=response.content_length,
         )
 
 

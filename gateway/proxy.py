@@ -9,12 +9,13 @@ bounds the whole exchange (see deadline.py).
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import re
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -22,11 +23,13 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 
+from gateway.breaker import BreakerOpen, CircuitBreaker, State
 from gateway.config.model import Config, Upstream
 from gateway.deadline import deadline_at, deadline_transport
 from gateway.policies.base import RequestContext
 from gateway.problems import (
     BadRequest,
+    GatewayError,
     InvalidPath,
     ServiceUnavailable,
     UpstreamTimeout,
@@ -88,6 +91,15 @@ _CHUNK = 64 * 1024
 _MAX_ERROR_BODY = 64 * 1024
 
 
+class _UpstreamFailed(Exception):
+    """An upstream call that failed: `kind` for metrics, `error` for the client."""
+
+    def __init__(self, kind: str, error: GatewayError) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.error = error
+
+
 class RelayedResponse(Response):
     """An upstream's response as it was: no Content-Type invented where it sent none."""
 
@@ -146,9 +158,25 @@ def _query(request: Request) -> str:
 
 
 class Forwarder:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self,
+        config: Config,
+        on_breaker_change: Callable[[str, State], None] | None = None,
+    ) -> None:
         self.config = config
         self.clients = {name: _client(u) for name, u in config.upstreams.items()}
+        self.breakers = {
+            name: CircuitBreaker(
+                u.breaker_failures,
+                u.breaker_open_seconds,
+                on_change=(
+                    None
+                    if on_breaker_change is None
+                    else functools.partial(on_breaker_change, name)
+                ),
+            )
+            for name, u in config.upstreams.items()
+        }
         self.rewriter = LinkRewriter(dict(config.upstreams), config.routes)
         # The API key is a credential for the gateway alone: never sent upstream.
         api_key_header = config.auth.api_keys.header if config.auth.api_keys else "X-API-Key"
@@ -220,11 +248,35 @@ class Forwarder:
         elif replayable is None:
             headers.append(("Content-Length", ctx.request.headers["Content-Length"]))
         client = self.clients[upstream.name]
+        breaker = self.breakers[upstream.name]
+        try:
+            breaker.before_call()
+        except BreakerOpen as exc:
+            ctx.upstream_error = "breaker_open"
+            raise ServiceUnavailable(
+                f"The {upstream.name} service is failing; calls to it are paused.",
+                headers={"Retry-After": str(exc.retry_after)},
+            ) from None
         deadline = time.monotonic() + upstream.timeout + upstream.connect_timeout
         attempts = 1 + (upstream.retries if method in _IDEMPOTENT and replayable is not None else 0)
         started = time.perf_counter()
-        response = self._send(client, method, url, headers, content, deadline, attempts, upstream)
+        try:
+            response = self._send(
+                client, method, url, headers, content, deadline, attempts, upstream
+            )
+        except _UpstreamFailed as failure:
+            ctx.upstream_ms = (time.perf_counter() - started) * 1000
+            ctx.upstream_error = failure.kind
+            breaker.failed()
+            raise failure.error from None
+        except GatewayError:
+            breaker.succeeded()  # the client's fault or our pool's, not the upstream's
+            raise
         ctx.upstream_ms = (time.perf_counter() - started) * 1000
+        if response.status_code >= 500 and upstream.breaker_on_5xx:
+            breaker.failed()
+        else:
+            breaker.succeeded()
         return self._client_response(ctx, response, deadline)
 
     def _send(
@@ -251,11 +303,16 @@ class Forwarder:
                     time.sleep(pause)
                     continue
                 if isinstance(exc, httpx.ConnectTimeout):
-                    raise UpstreamTimeout(
-                        f"The {upstream.name} service did not accept a connection within "
-                        f"{upstream.connect_timeout:g} seconds."
+                    raise _UpstreamFailed(
+                        "timeout",
+                        UpstreamTimeout(
+                            f"The {upstream.name} service did not accept a connection within "
+                            f"{upstream.connect_timeout:g} seconds."
+                        ),
                     ) from None
-                raise self._unavailable(upstream, "refused the connection") from None
+                raise _UpstreamFailed(
+                    "refused", self._unavailable(upstream, "refused the connection")
+                ) from None
             except ClientDisconnected:
                 raise BadRequest("The request body ended before its declared length.") from None
             except httpx.PoolTimeout:
@@ -264,13 +321,19 @@ class Forwarder:
                     headers={"Retry-After": "1"},
                 ) from None
             except httpx.TimeoutException:
-                raise UpstreamTimeout(
-                    f"The {upstream.name} service did not answer within its deadline "
-                    f"({upstream.connect_timeout + upstream.timeout:g} seconds).",
+                raise _UpstreamFailed(
+                    "timeout",
+                    UpstreamTimeout(
+                        f"The {upstream.name} service did not answer within its deadline "
+                        f"({upstream.connect_timeout + upstream.timeout:g} seconds).",
+                    ),
                 ) from None
             except httpx.HTTPError as exc:
                 log.warning("upstream %s failed: %s: %s", upstream.name, type(exc).__name__, exc)
-                raise self._unavailable(upstream, "failed to answer") from None
+                kind = "bad_response" if isinstance(exc, httpx.ProtocolError) else "reset"
+                raise _UpstreamFailed(
+                    kind, self._unavailable(upstream, "failed to answer")
+                ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod

@@ -7,7 +7,10 @@ The same settings serve `gateway serve` and `gunicorn -c gunicorn.conf.py
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import tempfile
 import threading
 import uuid
 from http import HTTPStatus
@@ -18,10 +21,47 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
 from gateway.config import Config
+from gateway.metrics import mark_worker_dead
 from gateway.problems import PROBLEM_JSON, problem_type, status_code_name, status_title
+
+
+def prepare_metrics_dir(server: Any) -> None:
+    """on_starting (master, before any worker): a clean PROMETHEUS_MULTIPROC_DIR.
+
+    Workers inherit it and write their samples there; stale files from an earlier
+    run would be counted again, so a given folder is emptied and, without one, a
+    fresh one is made (and removed at exit).
+    """
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+        for name in os.listdir(directory):
+            if name.endswith(".db"):
+                os.unlink(os.path.join(directory, name))
+    else:
+        directory = tempfile.mkdtemp(prefix="gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        os.environ["GATEWAY_OWNS_METRICS_DIR"] = directory
+
+
+def worker_exited(server: Any, worker: Any) -> None:
+    """child_exit (master): a dead worker's live gauges stop counting."""
+    mark_worker_dead(worker.pid)
+
+
+def remove_metrics_dir(server: Any) -> None:
+    """on_exit (master): remove the folder prepare_metrics_dir made."""
+    directory = os.environ.get("GATEWAY_OWNS_METRICS_DIR")
+    if directory and directory == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        shutil.rmtree(directory, ignore_errors=True)
+
 
 # Settings every gateway process needs, whatever the deployment.
 HARDENED_SETTINGS: dict[str, Any] = {
+    # Metrics across workers (see gateway/metrics.py).
+    "on_starting": prepare_metrics_dir,
+    "child_exit": worker_exited,
+    "on_exit": remove_metrics_dir,
     "worker_class": "gateway.serving.GatewayWorker",
     # The gateway decides which proxies to believe (gateway.trusted_proxies); gunicorn
     # must not turn a client's X-Forwarded-Proto or SCRIPT_NAME header into the

@@ -13,6 +13,7 @@ import os
 import ssl
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from ipaddress import ip_network
 from pathlib import Path as FilePath
 from types import MappingProxyType
 from typing import Any, cast
@@ -25,6 +26,7 @@ from werkzeug.routing import Map, Rule
 
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.model import (
+    PRIVATE_NETWORKS,
     ApiKey,
     ApiKeySettings,
     AuthSettings,
@@ -196,6 +198,14 @@ class _Checker:
                 self.fail(path, f"{what} {url!r} has an invalid port")
 
     def _gateway(self) -> None:
+        for index, network in enumerate(_strings(_get(self.data, "gateway", "metrics_allow"))):
+            try:
+                ip_network(network, strict=False)
+            except ValueError:
+                self.fail(
+                    ("gateway", "metrics_allow", index),
+                    f"gateway.metrics_allow: {network!r} is not a network (e.g. 10.0.0.0/8)",
+                )
         public_url = _get(self.data, "gateway", "public_url")
         if public_url:
             self._http_url(("gateway", "public_url"), public_url, "public_url", allow_path=True)
@@ -707,6 +717,9 @@ def _build(document: Document) -> Config:
             retries=int(u.get("retries", 1)),
             max_connections=int(u.get("max_connections", 100)),
             ca_bundle=str(resolve_relative(file, u["ca_bundle"])) if u.get("ca_bundle") else None,
+            breaker_failures=int(u.get("breaker", {}).get("failures", 0)),
+            breaker_open_seconds=float(u.get("breaker", {}).get("open_seconds", 10.0)),
+            breaker_on_5xx=bool(u.get("breaker", {}).get("on_5xx", False)),
         )
         for name, u in data["upstreams"].items()
     }
@@ -738,6 +751,7 @@ def _build(document: Document) -> Config:
             public_url=gw.get("public_url", "").rstrip("/"),
             trusted_proxies=int(gw.get("trusted_proxies", 0)),
             max_body_bytes=int(gw.get("max_body_bytes", 1_048_576)),
+            metrics_allow=tuple(gw.get("metrics_allow", PRIVATE_NETWORKS)),
         ),
         cors=_cors_settings(cors),
         auth=AuthSettings(jwt=jwt, api_keys=api_keys),

@@ -31,11 +31,22 @@ class Location:
         return f"{self.file}:{self.line}:{self.column}"
 
 
+PRIVATE_NETWORKS: tuple[str, ...] = (
+    "127.0.0.0/8",
+    "::1/128",
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "fc00::/7",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class GatewaySettings:
     public_url: str = ""
     trusted_proxies: int = 0
     max_body_bytes: int = 1_048_576
+    metrics_allow: tuple[str, ...] = PRIVATE_NETWORKS
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +123,9 @@ class Upstream:
     retries: int = 1
     max_connections: int = 100
     ca_bundle: str | None = None
+    breaker_failures: int = 0  # 0: no breaker
+    breaker_open_seconds: float = 10.0
+    breaker_on_5xx: bool = False
 
 
 @dataclass(frozen=True, slots=True)

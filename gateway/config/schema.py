@@ -65,6 +65,12 @@ GATEWAY = _object(
             "description": "How many proxy hops in front of the gateway append to "
             "X-Forwarded-For and are believed. 0: the socket peer is the client.",
         },
+        "metrics_allow": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Client networks (CIDR) that may read /metrics (default: "
+            "loopback and private networks).",
+        },
         "max_body_bytes": {
             "type": "integer",
             "minimum": 0,
@@ -242,6 +248,26 @@ UPSTREAM = _object(
             "minimum": 1,
             "description": "Connection pool size per gateway worker.",
         },
+        "breaker": _object(
+            {
+                "failures": {
+                    "type": "integer",
+                    "minimum": 0,
+                    "description": "Failures in a row that open the breaker (default 0: "
+                    "no breaker).",
+                },
+                "open_seconds": {
+                    **_POSITIVE_NUMBER,
+                    "description": "How long it stays open before one probe (default 10).",
+                },
+                "on_5xx": {
+                    "type": "boolean",
+                    "description": "Count upstream 5xx answers as failures too (default "
+                    "false: only connection failures and timeouts).",
+                },
+            },
+            description="Circuit breaker for this upstream, per gateway worker.",
+        ),
         "ca_bundle": {
             "type": "string",
             "description": "PEM file of CAs to trust for an https upstream.",

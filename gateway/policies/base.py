@@ -46,6 +46,7 @@ class RequestContext:
     rate_limit_key: str | None = None  # the client key counted, once a limit applied
     rate_limit_verdict: Verdict | None = None
     rate_limit_storage_failed: bool = False
+    upstream_error: str | None = None  # refused, reset, timeout, bad_response, breaker_open
 
 
 class Policy(Protocol):

@@ -1,0 +1,109 @@
+"""Prometheus metrics, correct across gunicorn workers.
+
+Under gunicorn the worker processes write their samples to files in
+PROMETHEUS_MULTIPROC_DIR (prepared by the gunicorn hooks in serving.py, which also
+mark dead workers), and /metrics merges them, so every worker's counts are seen and
+none twice. In a single process (tests, `flask run`) the app's own registry serves.
+prometheus_client is imported here only, on first use: it chooses its storage mode
+from the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    """The gateway's metrics; one instance per app."""
+
+    def __init__(self) -> None:
+        import prometheus_client as prom
+
+        self._prom = prom
+        self.registry = prom.CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = prom.Counter(
+            "gateway_requests",
+            "Requests answered, by route, method and status.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.request_seconds = prom.Histogram(
+            "gateway_request_duration_seconds",
+            "Whole-request latency, by route.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = prom.Histogram(
+            "gateway_upstream_duration_seconds",
+            "Latency of the upstream call until its response headers, by upstream.",
+            ["upstream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.rate_limited = prom.Counter(
+            "gateway_rate_limited",
+            "Requests refused with 429, by route.",
+            ["route"],
+            registry=r,
+        )
+        self.auth_failures = prom.Counter(
+            "gateway_auth_failures",
+            "Refused authentications and authorisations, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.upstream_errors = prom.Counter(
+            "gateway_upstream_errors",
+            "Failed upstream calls, by upstream and kind (refused, reset, timeout, "
+            "bad_response, breaker_open).",
+            ["upstream", "kind"],
+            registry=r,
+        )
+        self.breaker_open = prom.Gauge(
+            "gateway_upstream_breaker_open",
+            "Workers whose circuit breaker for the upstream is open (or half-open).",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.storage_errors = prom.Counter(
+            "gateway_ratelimit_storage_errors",
+            "Rate-limit storage calls that failed or timed out.",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        """The exposition text: every live and dead worker's samples when multiprocess."""
+        prom = self._prom
+        directory = multiprocess_dir()
+        if directory:
+            from prometheus_client import multiprocess
+
+            registry = prom.CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+            data: bytes = prom.generate_latest(registry)
+            return data
+        result: bytes = prom.generate_latest(self.registry)
+        return result
+
+
+def mark_worker_dead(pid: int) -> None:
+    """gunicorn child_exit hook: fold a dead worker's live gauges away."""
+    if multiprocess_dir():
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+def label(value: Any) -> str:
+    return "-" if value is None else str(value)
