@@ -2,9 +2,9 @@
 
 Three passes over one parsed document (the first two in checks.py): the JSON Schema
 (shape, types, unknown keys), then the rules a schema cannot state (references,
-collisions, parseable limits, key sources), then construction of the frozen model. All
-problems of the first two passes
-are reported together, so a backend team fixes a file in one round.
+collisions, parseable limits, key sources), then construction of the frozen model.
+All problems of the first two passes are reported together, so a backend team fixes a
+file in one round.
 """
 
 from __future__ import annotations
