@@ -17,6 +17,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check gateway upstream_stub tests loadtests
 	$(BIN)/ruff format --check gateway upstream_stub tests loadtests
+	$(BIN)/hadolint Dockerfile
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -203,7 +203,9 @@ class Gateway:
         storage_ok = self.counters.reachable()
         deny = self.config.rate_limits.on_storage_error == "deny"
         breakers = {name: b.state for name, b in sorted(self.forwarder.breakers.items())}
-        ready = (storage_ok or not deny) and all(s == "closed" for s in breakers.values())
+        # An open breaker unreadies; half-open does not: traffic must come back for the
+        # probe that can close it (a pod out of rotation would otherwise never recover).
+        ready = (storage_ok or not deny) and "open" not in breakers.values()
         checks = {
             "config": "loaded",
             "routes": len(self.table.routes),
@@ -231,7 +233,13 @@ class Gateway:
 
     def _observe(self, ctx: RequestContext, response: Response, seconds: float) -> None:
         m = self.metrics
-        route = ctx.route.route.name if ctx.route else "unmatched"
+        route = (
+            ctx.route.route.name
+            if ctx.route
+            else ctx.path.lstrip("/")
+            if ctx.path in self.builtins
+            else "unmatched"
+        )
         m.requests.labels(route, ctx.request.method, str(response.status_code)).inc()
         m.request_seconds.labels(route).observe(seconds)
         if ctx.route is not None and ctx.upstream_ms is not None:

@@ -74,6 +74,14 @@ class CircuitBreaker:
             if self._state != "closed":
                 self._set("closed")
 
+    def abandoned(self) -> None:
+        """The call ended without telling anything about the upstream (the client's
+        fault, our own pool): a probe slot is freed, no count changes."""
+        if self.threshold <= 0:
+            return
+        with self._lock:
+            self._probing = False
+
     def failed(self) -> None:
         if self.threshold <= 0:
             return

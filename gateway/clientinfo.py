@@ -29,13 +29,16 @@ def _valid_ip(text: str) -> str | None:
     elif text.count(":") == 1:  # "1.2.3.4:5678"
         text = text.split(":", 1)[0]
     try:
-        return str(ip_address(text))
+        address = ip_address(text)
     except ValueError:
         return None
+    # A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d; they are IPv4 clients.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped or address)
 
 
 def client_info(request: Request, trusted_proxies: int) -> ClientInfo:
-    peer = request.remote_addr or "0.0.0.0"
+    peer = _valid_ip(request.remote_addr or "") or "0.0.0.0"
     proto = request.scheme
     host = request.host
     if trusted_proxies <= 0:

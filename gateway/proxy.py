@@ -269,8 +269,8 @@ class Forwarder:
             ctx.upstream_error = failure.kind
             breaker.failed()
             raise failure.error from None
-        except GatewayError:
-            breaker.succeeded()  # the client's fault or our pool's, not the upstream's
+        except BaseException:
+            breaker.abandoned()  # the client's fault or our pool's, not the upstream's
             raise
         ctx.upstream_ms = (time.perf_counter() - started) * 1000
         if response.status_code >= 500 and upstream.breaker_on_5xx:

@@ -241,3 +241,100 @@ def test_command_patterns_read_what_a_reader_would_paste(
 
 def test_shell_comments_are_prose() -> None:
     assert _SHELL_COMMENT.sub("", "gateway demo   # the gateway is up") == "gateway demo"
+
+
+# -- operations.md against the code it describes -------------------------------------
+
+GUNICORN_CONF = ROOT / "gunicorn.conf.py"
+APP_SOURCE = ROOT / "gateway" / "app.py"
+_HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*$", re.MULTILINE)
+_LINK = re.compile(r"\[[^\]\n]*\]\(([^)\s]+)\)")
+
+
+def _prose(path: Path) -> str:
+    """The text outside fenced blocks: where headings and links are."""
+    return _ANY_FENCE.sub("", path.read_text(encoding="utf-8"))
+
+
+def _spans(path: Path) -> set[str]:
+    return {span.strip() for span in _CODE_SPAN.findall(path.read_text(encoding="utf-8"))}
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    found: set[str] = set()
+    for heading in _HEADING.findall(_prose(path)):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        number, candidate = 0, slug
+        while candidate in found:
+            number += 1
+            candidate = f"{slug}-{number}"
+        found.add(candidate)
+    return found
+
+
+def test_anchor_reader_follows_github_rules(tmp_path: Path) -> None:
+    page = tmp_path / "page.md"
+    page.write_text("# `/healthz` and `/readyz`\n## A, b\n## A, b\n```\n# not a heading\n```\n")
+    assert _anchors(page) == {"healthz-and-readyz", "a-b", "a-b-1"}
+
+
+@pytest.mark.parametrize("doc", [README, OPERATIONS, REFERENCE], ids=lambda p: p.name)
+def test_every_relative_link_in_the_docs_reaches_a_file_and_heading(doc: Path) -> None:
+    broken = []
+    for target in _LINK.findall(_prose(doc)):
+        if re.match(r"^[a-z]+:", target):
+            continue  # http(s), mailto
+        name, _, fragment = target.partition("#")
+        destination = (doc.parent / name) if name else doc
+        if not destination.exists():
+            broken.append(target)
+        elif fragment and destination.suffix == ".md" and fragment not in _anchors(destination):
+            broken.append(target)
+    assert not broken, f"{doc.name} links to what does not exist: {broken}"
+
+
+def test_operations_guide_names_every_metric_with_its_exposed_name() -> None:
+    from gateway.metrics import Metrics
+
+    exposed = set()
+    for family in Metrics().registry.collect():
+        exposed.add(f"{family.name}_total" if family.type == "counter" else family.name)
+    assert exposed, "the metrics registry should hold the gateway's metrics"
+    missing = sorted(exposed - _spans(OPERATIONS))
+    assert not missing, f"operations.md does not name these metrics: {missing}"
+
+
+def test_operations_guide_names_every_variable_gunicorn_conf_reads() -> None:
+    text = GUNICORN_CONF.read_text(encoding="utf-8")
+    variables = set(re.findall(r"os\.environ\.get\(\s*\"([A-Z_]+)\"", text))
+    assert {"GATEWAY_BIND", "GATEWAY_WORKERS", "GATEWAY_THREADS"} <= variables
+    missing = sorted(variables - _spans(OPERATIONS))
+    assert not missing, f"operations.md does not name: {missing}"
+
+
+def test_operations_guide_describes_every_access_log_field() -> None:
+    import ast
+
+    fields = {"time"}  # added by log_access itself
+    for node in ast.walk(ast.parse(APP_SOURCE.read_text(encoding="utf-8"))):
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id == "log_access"
+        ):
+            fields.update(k.arg for k in node.keywords if k.arg)
+    assert {"request_id", "route", "status", "duration_ms", "upstream_ms", "client"} <= fields
+    text = OPERATIONS.read_text(encoding="utf-8")
+    missing = sorted(f for f in fields if f"| `{f}` |" not in text)
+    assert not missing, f"the access-log table of operations.md lacks: {missing}"
+
+
+def test_reference_lists_the_default_metrics_networks() -> None:
+    from gateway.config.model import PRIVATE_NETWORKS
+
+    text = REFERENCE.read_text(encoding="utf-8")
+    section = text[text.index("### `metrics_allow`") :]
+    section = section[: section.index("\n## ")]
+    missing = [n for n in PRIVATE_NETWORKS if f"`{n}`" not in section]
+    assert not missing, f"the metrics_allow section does not list: {missing}"
