@@ -140,6 +140,7 @@ class FailureGuard:
         try:
             verdict = self.counters.test(self.limits, self.BUCKET, f"ip:{ctx.client.ip}")
         except StorageUnavailable:
+            ctx.rate_limit_storage_failed = True
             error = storage_down(self.counters)
             if error is not None:
                 raise error from None
@@ -155,4 +156,4 @@ class FailureGuard:
         try:
             self.counters.hit(self.limits, self.BUCKET, f"ip:{ctx.client.ip}")
         except StorageUnavailable:
-            pass  # already logged; the 401 stands either way
+            ctx.rate_limit_storage_failed = True  # logged already; the 401 stands
