@@ -10,6 +10,7 @@ import base64
 import hashlib
 import hmac
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -849,3 +850,43 @@ def test_helpers() -> None:
     assert header_safe("ok value", "x") == "ok value"
     with pytest.raises(UnusableClaim):
         header_safe("x" * 257, "x")
+
+
+def test_a_cold_worker_waits_for_the_first_fetch_instead_of_answering_503(
+    make_jwks: JwksFactory, issuer: Issuer
+) -> None:
+    # Requests arriving while the very first fetch is under way must wait for it: with
+    # no keys yet, "cooling down" is no reason to refuse.
+    answered = threading.Event()
+    original = issuer.handle
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        answered.wait(0.3)
+        return original(request)
+
+    keys = JwksKeys(
+        JWKS_URL,
+        algorithms=("RS256",),
+        cache_seconds=300,
+        cooldown_seconds=30,
+        timeout=2.0,
+        client=httpx.Client(transport=httpx.MockTransport(slow)),
+    )
+    results: list[object] = []
+
+    def lookup() -> None:
+        try:
+            results.append(keys.key_for("k1", "RS256"))
+        except KeysUnavailable as exc:
+            results.append(exc)
+
+    threads = [threading.Thread(target=lookup) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=5)
+    keys.close()
+    assert len(results) == 6
+    assert not [r for r in results if isinstance(r, KeysUnavailable)]
+    assert all(r is not None for r in results)
+    assert keys.fetches == 1

@@ -99,9 +99,10 @@ class JwksKeys:
             cached = self._cache.get("keys")
             if cached is not None:
                 return cached
-        if self._cooling() > 0:
-            return self._fallback()
+        if self._cooling() > 0 and self._last_good is not None:
+            return self._last_good
         # With keys in hand, nobody waits for another thread's fetch: they use those.
+        # Without any (a cold worker), they wait for the fetch under way, not 503.
         if not self._lock.acquire(blocking=self._last_good is None):
             return self._fallback()
         try:
