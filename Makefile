@@ -50,5 +50,20 @@ test: lint typecheck browser
 demo: $(STAMP)
 	$(BIN)/gateway demo
 
+# Locust against a reference stack started for the run; reports under loadtests/results/.
+# Override on the command line: make loadtest LOADTEST_USERS=50 LOADTEST_TIME=2m
+LOADTEST_USERS ?= 20
+LOADTEST_SPAWN ?= 5
+LOADTEST_TIME ?= 30s
+LOADTEST_MAX_FAILURE_RATIO ?= 0.01
+
+.PHONY: loadtest
+loadtest: $(STAMP)
+	@$(BIN)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("locust") is None)' \
+		|| $(BIN)/pip install --quiet -e '.[load]'
+	$(BIN)/python loadtests/run_loadtest.py --users $(LOADTEST_USERS) \
+		--spawn-rate $(LOADTEST_SPAWN) --time $(LOADTEST_TIME) \
+		--max-failure-ratio $(LOADTEST_MAX_FAILURE_RATIO)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
