@@ -65,5 +65,19 @@ loadtest: $(STAMP)
 		--spawn-rate $(LOADTEST_SPAWN) --time $(LOADTEST_TIME) \
 		--max-failure-ratio $(LOADTEST_MAX_FAILURE_RATIO)
 
+# The benchmark: the users stub directly, a plain Flask + httpx passthrough and the
+# gateway (4 policy variants, 10 to 10,000 routes), alternating; one table, and JSON
+# under loadtests/results/. About 3 minutes; make bench BENCH_ARGS=--quick for ~30 s.
+# Needs Redis on 127.0.0.1:6379 (BENCH_REDIS_URL); uses wrk when it is installed.
+BENCH_WORKERS ?= 2
+BENCH_THREADS ?= 8
+BENCH_CONNECTIONS ?= 16
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: $(STAMP)
+	$(BIN)/python loadtests/bench.py --workers $(BENCH_WORKERS) --threads $(BENCH_THREADS) \
+		--connections $(BENCH_CONNECTIONS) $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,1243 @@
+#!/usr/bin/env python3
+"""`make bench`: the same workload against the users stub directly, through a plain
+Flask + httpx passthrough (the baseline) and through the gateway, in one run.
+
+Every target serves `GET` of one seeded user from the same users stub:
+
+    direct        the stub itself:               GET /users/<id>
+    passthrough   loadtests/passthrough.py:      GET /users/<id>
+    none          gateway, public route:         GET /api/v1/users/<id>
+    jwt           + RS256 JWT (public_key_file, verified-token cache at its default)
+    jwt+redis     + a rate limit on Redis (moving window, a limit never reached)
+    all           + roles, API keys, CORS, header versions (a deprecated version)
+    all@1000      `all` with 1,000 routes in the table (`all` has 10)
+    all@10000     `all` with 10,000 routes
+
+Each target gets the same request bytes apart from the path (Authorization, Origin,
+Accept-Version on all of them). Two measurements per target:
+
+- latency at concurrency 1: N sequential requests on one keep-alive connection, in
+  turns of 100 per target (the targets take turns in an order rotated per turn; the
+  first 10 requests of a turn are not counted), p50 and p99;
+- throughput at concurrency C: a closed loop of C keep-alive connections for a fixed
+  time, in rounds; each round runs every target once, in an order rotated per round,
+  so drift of the machine hits all of them. Ratios are taken per round, then the
+  median over the rounds. One request in 50 asks for `Connection: close` and its
+  connection is opened again: gunicorn's workers accept connections unevenly, and a
+  closed loop that never reconnects can leave one worker with all of them.
+
+The load generator is wrk when it is installed (it costs far less CPU than the servers
+it measures), else a small asyncio client in this file. Gateway and passthrough run
+with the same gunicorn workers and threads. Every server listens on 127.0.0.1 on a
+free port, is started by this script and stopped by its PID.
+
+    .venv/bin/python loadtests/bench.py            # about 3 minutes
+    .venv/bin/python loadtests/bench.py --quick    # about 30 seconds
+
+It prints one table and writes the whole result as JSON to
+loadtests/results/bench-<UTC timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jwt
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "loadtests" / "results"
+PASSTHROUGH = ROOT / "loadtests" / "passthrough.py"
+LOOPBACK = "127.0.0.1"
+
+ISSUER = "https://issuer.bench.invalid"
+AUDIENCE = "gateway"
+ORIGIN = "http://localhost:3000"
+API_KEY = "bench-service-key"
+POLICY_VARIANTS = ("none", "jwt", "jwt+redis", "all")
+LATENCY_BLOCK = 100  # sequential requests per target and turn at concurrency 1
+LATENCY_SKIP = 10  # requests not counted at the start of each turn
+REDIS_LIMIT = "1000000/minute"  # never reached: every request pays for the check alone
+
+# The goals of the issue, checked against the figures of this run.
+GOAL_PASSTHROUGH_RATIO = 1.3  # all: requests/s at least 1.3x the passthrough's
+GOAL_ADDED_P50_MS = 0.4  # all: p50 at concurrency 1 at most 0.4 ms above direct
+GOAL_ROUTES_SPREAD = 0.05  # requests/s within 5% from 10 to 10,000 routes
+GOAL_RSS_MIB = 80.0  # resident memory per worker
+GOAL_STARTUP_S = 2.0  # start-up with 10,000 routes, to the first /healthz answer
+
+
+class BenchError(Exception):
+    """The bench cannot go on; the message says why."""
+
+
+# -- HTTP/1.1 responses ------------------------------------------------------------------
+
+
+def parse_response(buf: bytes | bytearray, start: int = 0) -> tuple[int, int, bool] | None:
+    """One complete response at buf[start:]: (status, end offset, server closes), or None
+    when more bytes are needed. Bodies are framed by Content-Length or chunked."""
+    head_end = buf.find(b"\r\n\r\n", start)
+    if head_end < 0:
+        return None
+    head = bytes(buf[start:head_end]).decode("latin-1")
+    lines = head.split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    length = -1
+    chunked = close = False
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name = name.strip().lower()
+        if name == "content-length":
+            length = int(value)
+        elif name == "transfer-encoding":
+            chunked = "chunked" in value.lower()
+        elif name == "connection":
+            close = "close" in value.lower()
+    pos = head_end + 4
+    if status in (204, 304) or 100 <= status < 200:
+        return status, pos, close
+    if chunked:
+        while True:
+            line_end = buf.find(b"\r\n", pos)
+            if line_end < 0:
+                return None
+            size = int(bytes(buf[pos:line_end]).split(b";", 1)[0], 16)
+            pos = line_end + 2
+            if size == 0:
+                trailer_end = buf.find(b"\r\n\r\n", pos - 2)
+                return (status, trailer_end + 4, close) if trailer_end >= 0 else None
+            if len(buf) < pos + size + 2:
+                return None
+            pos += size + 2
+    if length < 0:
+        raise BenchError("a response without Content-Length or chunked framing")
+    return (status, pos + length, close) if len(buf) >= pos + length else None
+
+
+def build_request(path: str, port: int, headers: dict[str, str], close: bool = False) -> bytes:
+    lines = [f"GET {path} HTTP/1.1", f"Host: {LOOPBACK}:{port}"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+class Connection:
+    """One blocking keep-alive connection for sequential requests."""
+
+    def __init__(self, port: int, request: bytes) -> None:
+        self.port = port
+        self.request = request
+        self.sock: socket.socket | None = None
+        self.buf = bytearray()
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((LOOPBACK, self.port), timeout=10)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf.clear()
+        return sock
+
+    def get(self) -> tuple[int, float]:
+        """Send the request, read the whole response: (status, seconds)."""
+        for attempt in (1, 2):
+            if self.sock is None:
+                self.sock = self._connect()
+            started = time.perf_counter()
+            try:
+                self.sock.sendall(self.request)
+                while True:
+                    parsed = parse_response(self.buf)
+                    if parsed is not None:
+                        break
+                    data = self.sock.recv(65536)
+                    if not data:
+                        raise ConnectionResetError("closed by the server")
+                    self.buf += data
+            except (ConnectionResetError, BrokenPipeError):
+                # A keep-alive connection the server closed while idle: retry once on a
+                # new one (the failed attempt is not measured).
+                self.close()
+                if attempt == 2:
+                    raise
+                continue
+            elapsed = time.perf_counter() - started
+            status, end, close = parsed
+            del self.buf[:end]
+            if close:
+                self.close()
+            return status, elapsed
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.buf.clear()
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    index = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+# -- load generators -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class RunResult:
+    requests: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+    errors: int  # non-2xx answers, broken connections, timeouts
+
+    @property
+    def rps(self) -> float:
+        return self.requests / self.seconds if self.seconds else 0.0
+
+
+class _LoadProtocol(asyncio.Protocol):
+    def __init__(self, run: _PythonRun) -> None:
+        self.run = run
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.sent_at = 0
+        self.closing = False
+        self.finished = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._send()
+
+    def _send(self) -> None:
+        assert self.transport is not None
+        if self.run.stop_at <= time.perf_counter():
+            self.finished = True
+            self.transport.close()
+            return
+        self.closing = self.run.next_closes()
+        self.sent_at = time.perf_counter_ns()
+        self.transport.write(self.run.close_request if self.closing else self.run.request)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        parsed = parse_response(self.buf)
+        if parsed is None:
+            return
+        status, end, close = parsed
+        del self.buf[:end]
+        self.run.record(status, time.perf_counter_ns() - self.sent_at)
+        if close or self.closing:
+            self.finished = True
+            assert self.transport is not None
+            self.transport.close()
+            self.run.reconnect()
+        else:
+            self._send()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.finished and time.perf_counter() < self.run.stop_at:
+            self.run.errors += 1
+            self.run.reconnect()
+
+
+class _PythonRun:
+    def __init__(
+        self, port: int, request: bytes, close_request: bytes, close_every: int, seconds: float
+    ) -> None:
+        self.port = port
+        self.request = request
+        self.close_request = close_request
+        self.close_every = close_every
+        self.seconds = seconds
+        self.stop_at = 0.0
+        self.sent = 0
+        self.latencies: list[int] = []
+        self.errors = 0
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def next_closes(self) -> bool:
+        self.sent += 1
+        return self.close_every > 0 and self.sent % self.close_every == 0
+
+    def record(self, status: int, nanoseconds: int) -> None:
+        if time.perf_counter() <= self.stop_at:
+            self.latencies.append(nanoseconds)
+            if not 200 <= status < 400:
+                self.errors += 1
+
+    def reconnect(self) -> None:
+        if time.perf_counter() < self.stop_at:
+            task = asyncio.get_running_loop().create_task(self._open())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _open(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.create_connection(lambda: _LoadProtocol(self), LOOPBACK, self.port)
+        except OSError:
+            self.errors += 1
+
+    async def main(self, connections: int) -> RunResult:
+        started = time.perf_counter()
+        self.stop_at = started + self.seconds
+        for _ in range(connections):
+            self.reconnect()
+        await asyncio.sleep(self.seconds)
+        elapsed = time.perf_counter() - started
+        await asyncio.sleep(0.05)
+        for task in list(self.tasks):
+            task.cancel()
+        values = sorted(ns / 1e6 for ns in self.latencies)
+        return RunResult(
+            len(values), elapsed, percentile(values, 0.5), percentile(values, 0.99), self.errors
+        )
+
+
+def python_load(
+    port: int, path: str, headers: dict[str, str], connections: int, seconds: float, close: int
+) -> RunResult:
+    run = _PythonRun(
+        port,
+        build_request(path, port, headers),
+        build_request(path, port, headers, close=True),
+        close,
+        seconds,
+    )
+    return asyncio.run(run.main(connections))
+
+
+WRK_SCRIPT = """\
+local close_every = {close_every}
+local sent = 0
+local keep, bye
+init = function(args)
+  local headers = {headers}
+  keep = wrk.format("GET", "{path}", headers)
+  headers["Connection"] = "close"
+  bye = wrk.format("GET", "{path}", headers)
+end
+request = function()
+  sent = sent + 1
+  if close_every > 0 and sent % close_every == 0 then return bye end
+  return keep
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'BENCH {{"requests": %d, "duration_us": %d, "errors": %d, "p50_us": %d, "p99_us": %d}}\\n',
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.status + e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+
+
+def _lua_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def wrk_load(
+    wrk: str,
+    workdir: Path,
+    port: int,
+    path: str,
+    headers: dict[str, str],
+    connections: int,
+    seconds: float,
+    close: int,
+) -> RunResult:
+    table = {"Host": f"{LOOPBACK}:{port}", **headers}
+    lua = "{" + ", ".join(f"[{_lua_string(k)}] = {_lua_string(v)}" for k, v in table.items()) + "}"
+    script = workdir / "bench.lua"
+    script.write_text(WRK_SCRIPT.format(close_every=close, headers=lua, path=path))
+    argv = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "5s"]
+    argv += ["-s", str(script), f"http://{LOOPBACK}:{port}{path}"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH ")), None)
+    if done.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({done.returncode}): {done.stdout}{done.stderr}")
+    data = json.loads(line[len("BENCH ") :])
+    return RunResult(
+        requests=data["requests"],
+        seconds=data["duration_us"] / 1e6,
+        p50_ms=data["p50_us"] / 1000,
+        p99_ms=data["p99_us"] / 1000,
+        errors=data["errors"],
+    )
+
+
+def wrk_version(wrk: str) -> str:
+    done = subprocess.run([wrk, "-v"], capture_output=True, text=True, timeout=10)
+    match = re.search(r"wrk\s+(\S+)", done.stdout + done.stderr)
+    return f"wrk {match.group(1)}" if match else "wrk"
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        if fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def memory_mib(pid: int) -> dict[str, float]:
+    """VmRSS (resident, shared pages included) and Pss (shared pages split) in MiB."""
+    out: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            out["rss_mib"] = int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                out["pss_mib"] = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """(status, head, body) of one request on a fresh connection."""
+    conn = Connection(port, build_request(path, port, headers or {}, close=True))
+    try:
+        assert conn.sock is None
+        sock = conn._connect()
+        sock.sendall(conn.request)
+        buf = bytearray()
+        while (parsed := parse_response(buf)) is None:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("closed before the response was complete")
+            buf += data
+        sock.close()
+        status, end, _ = parsed
+        head, _, body = bytes(buf[:end]).partition(b"\r\n\r\n")
+        return status, head.decode("latin-1"), body.decode("utf-8", "replace")
+    finally:
+        conn.close()
+
+
+@dataclasses.dataclass
+class Server:
+    name: str
+    argv: list[str]
+    port: int
+    log: Path
+    workers: int
+    process: subprocess.Popen[bytes] | None = None
+    startup_s: float = float("nan")
+    worker_pids: list[int] = dataclasses.field(default_factory=list)
+
+    def start(self, cwd: Path, env: dict[str, str], timeout: float = 60.0) -> Server:
+        started = time.perf_counter()
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                cwd=cwd,
+                env=env,
+            )
+        deadline = started + timeout
+        while True:
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                raise BenchError(f"{self.name} exited with {code}:\n{self.tail()}")
+            try:
+                if http_get(self.port, "/healthz")[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.perf_counter() > deadline:
+                self.stop()
+                raise BenchError(f"{self.name}: no /healthz answer in {timeout} s:\n{self.tail()}")
+            time.sleep(0.01)
+        self.startup_s = time.perf_counter() - started
+        # Every worker booted before any load: gunicorn forks them one after another.
+        while len(self.worker_pids) < self.workers and time.perf_counter() < deadline:
+            self.worker_pids = children_of(self.process.pid)
+            time.sleep(0.02)
+        return self
+
+    def memory(self) -> dict[str, Any]:
+        assert self.process is not None
+        workers = [memory_mib(pid) for pid in children_of(self.process.pid)]
+        rss = [w["rss_mib"] for w in workers if "rss_mib" in w]
+        pss = [w["pss_mib"] for w in workers if "pss_mib" in w]
+        return {
+            "workers": len(workers),
+            "rss_mib": [round(x, 1) for x in rss],
+            "pss_mib": [round(x, 1) for x in pss],
+            "max_rss_mib": round(max(rss), 1) if rss else None,
+            "master_rss_mib": round(memory_mib(self.process.pid).get("rss_mib", 0.0), 1),
+        }
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """SIGTERM to the master (graceful), SIGKILL to it and its workers after 20 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        pids = children_of(self.process.pid) or self.worker_pids
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            for pid in [self.process.pid, *pids]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            self.process.wait(timeout=10)
+
+
+# -- configurations ----------------------------------------------------------------------
+
+
+def make_key(workdir: Path) -> tuple[Any, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    path = workdir / "jwt-public.pem"
+    path.write_bytes(pem)
+    return key, path
+
+
+def mint_token(key: Any) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "usr_bench",
+        "iat": now,
+        "exp": now + 4 * 3600,
+        "role": ["admin"],
+        "tenant_id": "acme",
+    }
+    return str(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"}))
+
+
+def _filler_route(i: int, auth: Any) -> dict[str, Any]:
+    """A route around the benchmarked one: literal, parameter and catch-all paths.
+
+    Fillers carry only the variant's `auth`, and their upstream path defaults to their
+    public path: the loader refuses documents of more than 100,000 values, and a
+    10,000-route table has room for about nine values per route."""
+    kind = i % 3
+    if kind == 0:
+        path = f"/api/v1/svc{i:05d}/items"
+    elif kind == 1:
+        path = f"/api/v1/svc{i:05d}/items/{{item_id}}"
+    else:
+        path = f"/api/v2/svc{i:05d}/{{rest:path}}"
+    return {"name": f"f{i}", "path": path, "methods": ["GET"], "upstream": "users", "auth": auth}
+
+
+def gateway_config(
+    variant: str,
+    routes: int,
+    stub_url: str,
+    key_file: Path,
+    redis_url: str,
+    strategy: str,
+    bucket: str,
+) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "version": 1,
+        "gateway": {"trusted_proxies": 0},
+        "upstreams": {
+            "users": {"url": stub_url, "connect_timeout": 1.0, "timeout": 10.0, "retries": 1}
+        },
+    }
+    policies: dict[str, Any] = {"auth": "public"}
+    if variant != "none":
+        config["auth"] = {
+            "jwt": {
+                "issuer": ISSUER,
+                "audience": AUDIENCE,
+                "algorithms": ["RS256"],
+                "public_key_file": str(key_file),
+                "leeway": 30,
+                "roles_claim": "role",
+            }
+        }
+        policies = {"auth": ["jwt"]}
+    if variant in ("jwt+redis", "all"):
+        config["rate_limits"] = {
+            "storage": redis_url,
+            "strategy": strategy,
+            # deny: a Redis failure shows up as errors in the run, not as a faster run
+            "on_storage_error": "deny",
+            "default": [],
+        }
+        policies.update(rate_limit=[REDIS_LIMIT], rate_limit_bucket=bucket)
+    if variant == "all":
+        digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+        config["auth"]["api_keys"] = {
+            "header": "X-API-Key",
+            "keys": [{"id": "bench", "sha256": digest, "roles": ["service"]}],
+        }
+        config["cors"] = {
+            "allow_origins": [ORIGIN],
+            "allow_credentials": True,
+            "allow_methods": ["GET", "POST", "PUT", "PATCH", "DELETE"],
+            "allow_headers": ["Authorization", "Content-Type", "X-API-Key", "Accept-Version"],
+            "expose_headers": ["X-Request-ID", "Link", "X-RateLimit-Limit"],
+            "max_age": 600,
+        }
+        policies.update(auth=["jwt", "api_key"], roles=["admin", "member", "service"])
+    bench_route: dict[str, Any] = {
+        "name": "bench.users.get",
+        "path": "/api/v1/users/{user_id}",
+        "methods": ["GET"],
+        "upstream": "users",
+        **policies,
+    }
+    if variant == "all":
+        bench_route["versions"] = {
+            "header": "Accept-Version",
+            "default": "2",
+            "options": {
+                "1": {
+                    "upstream_path": "/users/{user_id}",
+                    "deprecation": {
+                        "since": "2026-01-01",
+                        "sunset": "2099-06-30",
+                        "successor": "/api/v1/users/{user_id}",
+                    },
+                },
+                "2": {"upstream_path": "/users/{user_id}"},
+            },
+        }
+    else:
+        bench_route["upstream_path"] = "/users/{user_id}"
+    fillers = [_filler_route(i, policies["auth"]) for i in range(routes - 1)]
+    middle = len(fillers) // 2
+    config["routes"] = [*fillers[:middle], bench_route, *fillers[middle:]]
+    return config
+
+
+# -- the bench -----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Target:
+    name: str
+    kind: str  # stub, passthrough, gateway
+    variant: str | None
+    routes: int | None
+    server: Server
+    path: str
+    rounds: list[RunResult] = dataclasses.field(default_factory=list)
+    latencies: list[float] = dataclasses.field(default_factory=list)
+    checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def redis_problem(url: str) -> str | None:
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - a dependency of the gateway
+        return "the redis package is missing"
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        return f"{url} does not answer PING ({exc})"
+    return None
+
+
+def delete_counters(url: str, tag: str) -> int:
+    """Delete this run's rate-limit counters (and nothing else) from Redis."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
+    try:
+        keys = list(client.scan_iter(match=f"*bench-{tag}-*", count=1000))
+        return int(client.delete(*keys)) if keys else 0
+    except redis.RedisError:
+        return 0
+    finally:
+        client.close()
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a short run: 1 round of 1 s, 200 c1")
+    p.add_argument("--duration", type=float, help="seconds per throughput run (default 3)")
+    p.add_argument("--rounds", type=int, help="throughput rounds over all targets (default 5)")
+    p.add_argument("--latency-requests", type=int, help="c1 requests per target (default 1000)")
+    p.add_argument("--warmup", type=float, help="seconds of load per target before measuring")
+    p.add_argument("--connections", type=int, default=int(env("BENCH_CONNECTIONS", "16")))
+    p.add_argument("--workers", type=int, default=int(env("BENCH_WORKERS", "2")))
+    p.add_argument("--threads", type=int, default=int(env("BENCH_THREADS", "8")))
+    p.add_argument(
+        "--close-every",
+        type=int,
+        default=int(env("BENCH_CLOSE_EVERY", "50")),
+        help="every Nth request asks for Connection: close and that connection is opened "
+        "again, so the connections spread over the workers (0: never; default 50)",
+    )
+    p.add_argument(
+        "--variants",
+        default=env("BENCH_VARIANTS", ",".join(POLICY_VARIANTS)),
+        help="gateway policy variants, comma-separated (default none,jwt,jwt+redis,all)",
+    )
+    p.add_argument(
+        "--routes",
+        default=env("BENCH_ROUTES"),
+        help="route-table sizes; the first is used by every policy variant (default "
+        "10,1000,10000; 10,1000 with --quick)",
+    )
+    p.add_argument(
+        "--sweep-variant",
+        default=env("BENCH_SWEEP_VARIANT", "all"),
+        help="policy variant of the larger route tables (default all)",
+    )
+    p.add_argument("--redis-url", default=env("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    p.add_argument("--strategy", default=env("BENCH_STRATEGY", "moving-window"))
+    p.add_argument(
+        "--generator",
+        choices=("auto", "wrk", "python"),
+        default=env("BENCH_GENERATOR", "auto"),
+        help="load generator for throughput: wrk when installed (auto), or the Python one",
+    )
+    p.add_argument("--out", type=Path, default=Path(env("BENCH_OUT", str(RESULTS))))
+    p.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.duration = args.duration or (1.0 if quick else 3.0)
+    args.rounds = args.rounds or (1 if quick else 5)
+    args.latency_requests = args.latency_requests or (200 if quick else 1000)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if quick else 1.0)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    routes = args.routes or ("10,1000" if quick else "10,1000,10000")
+    args.routes = [int(n) for n in routes.split(",") if n.strip()]
+    for variant in [*args.variants, args.sweep_variant]:
+        if variant not in POLICY_VARIANTS:
+            p.error(f"unknown variant {variant!r}; expected one of {', '.join(POLICY_VARIANTS)}")
+    if not args.routes or min(args.routes) < 1:
+        p.error("--routes needs sizes of 1 or more")
+    return args
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.tag = uuid.uuid4().hex[:10]
+        self.targets: list[Target] = []
+        self.servers: list[Server] = []
+        self.loadavg = os.getloadavg()
+        self.headers: dict[str, str] = {}
+        self.generator = "python"
+        self.wrk: str | None = None
+        bin_dir = Path(sys.executable).parent
+        self.gateway_bin = str(bin_dir / "gateway")
+        self.stub_bin = str(bin_dir / "upstream-stub")
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k
+            not in ("GATEWAY_CONFIG", "RATE_LIMIT_STORAGE", "USERS_URL", "PROMETHEUS_MULTIPROC_DIR")
+        }
+        self.env["PYTHONUNBUFFERED"] = "1"
+
+    def say(self, text: str) -> None:
+        print(f"bench: {text}", flush=True)
+
+    # -- set-up
+
+    def choose_generator(self) -> None:
+        wanted = self.args.generator
+        found = shutil.which("wrk")
+        if wanted == "wrk" and not found:
+            raise BenchError("--generator wrk, but wrk is not installed")
+        if wanted in ("auto", "wrk") and found:
+            self.wrk = found
+            self.generator = wrk_version(found)
+        else:
+            self.generator = "python (asyncio, in the bench process)"
+
+    def server(self, name: str, argv: list[str], port: int, workers: int) -> Server:
+        log = self.workdir / f"{re.sub(r'[^A-Za-z0-9.-]', '_', name)}.log"
+        server = Server(name, argv, port, log, workers)
+        self.servers.append(server)
+        server.start(self.workdir, self.env)
+        self.say(f"started {name} on port {port} in {server.startup_s:.2f} s")
+        return server
+
+    def setup(self) -> None:
+        a = self.args
+        needs_redis = any(v in ("jwt+redis", "all") for v in a.variants) or (
+            len(a.routes) > 1 and a.sweep_variant in ("jwt+redis", "all")
+        )
+        if needs_redis and (problem := redis_problem(a.redis_url)):
+            raise BenchError(
+                f"the Redis variants need Redis: {problem}. Start one, set --redis-url "
+                "(BENCH_REDIS_URL), or leave them out with --variants none,jwt and "
+                "--sweep-variant none."
+            )
+        self.choose_generator()
+        key, key_file = make_key(self.workdir)
+        token = mint_token(key)
+        # The same request headers for every target (only the path differs).
+        self.headers = {
+            "User-Agent": "gateway-bench",
+            "Accept": "application/json",
+            "Authorization": f"Bearer {token}",
+            "Origin": ORIGIN,
+            "Accept-Version": "1",
+        }
+        stub_port = free_port()
+        stub = self.server(
+            "users stub",
+            [self.stub_bin, "--service", "users", "--port", str(stub_port)],
+            stub_port,
+            1,
+        )
+        status, _, body = http_get(stub_port, "/users?limit=1")
+        if status != 200:
+            raise BenchError(f"the users stub answered {status} to GET /users?limit=1: {body}")
+        user_id = json.loads(body)["data"][0]["id"]
+        stub_url = f"http://{LOOPBACK}:{stub_port}"
+        self.targets.append(Target("direct", "stub", None, None, stub, f"/users/{user_id}"))
+
+        port = free_port()
+        argv = [sys.executable, str(PASSTHROUGH), "--upstream", stub_url, "--port", str(port)]
+        argv += ["--workers", str(a.workers), "--threads", str(a.threads)]
+        passthrough = self.server("passthrough", argv, port, a.workers)
+        self.targets.append(
+            Target("passthrough", "passthrough", None, None, passthrough, f"/users/{user_id}")
+        )
+
+        plans = [(v, a.routes[0], v) for v in a.variants]
+        plans += [(a.sweep_variant, n, f"{a.sweep_variant}@{n}") for n in a.routes[1:]]
+        for variant, routes, name in plans:
+            bucket = f"bench-{self.tag}-{re.sub(r'[^A-Za-z0-9]', '', name)}"
+            config = gateway_config(
+                variant, routes, stub_url, key_file, a.redis_url, a.strategy, bucket
+            )
+            path = self.workdir / f"gateway-{re.sub(r'[^A-Za-z0-9]', '_', name)}.yaml"
+            path.write_text(yaml.safe_dump(config, sort_keys=False))
+            port = free_port()
+            argv = [self.gateway_bin, "serve", "-c", str(path), "--host", LOOPBACK]
+            argv += ["--port", str(port), "--workers", str(a.workers), "--threads", str(a.threads)]
+            server = self.server(f"gateway {name} ({routes} routes)", argv, port, a.workers)
+            self.targets.append(
+                Target(name, "gateway", variant, routes, server, f"/api/v1/users/{user_id}")
+            )
+        for target in self.targets:
+            self.check(target)
+
+    def check(self, target: Target) -> None:
+        """One request first: 200, and the headers that show the policies ran."""
+        status, head, body = http_get(target.server.port, target.path, self.headers)
+        if status != 200:
+            raise BenchError(f"{target.name}: GET {target.path} answered {status}: {body[:500]}")
+        names = {line.split(":", 1)[0].strip().lower() for line in head.split("\r\n")[1:]}
+        checks = {"status": status}
+        if target.variant in ("jwt+redis", "all"):
+            checks["rate_limit_headers"] = "x-ratelimit-limit" in names
+        if target.variant == "all":
+            checks["cors"] = "access-control-allow-origin" in names
+            checks["deprecation"] = "deprecation" in names
+        failed = [k for k, v in checks.items() if v is False]
+        if failed:
+            raise BenchError(f"{target.name}: the policies did not all apply: {failed}\n{head}")
+        target.checks = checks
+
+    # -- measurements
+
+    def load(self, target: Target, seconds: float) -> RunResult:
+        a = self.args
+        port = target.server.port
+        if self.wrk is not None:
+            return wrk_load(
+                self.wrk,
+                self.workdir,
+                port,
+                target.path,
+                self.headers,
+                a.connections,
+                seconds,
+                a.close_every,
+            )
+        return python_load(port, target.path, self.headers, a.connections, seconds, a.close_every)
+
+    def warm_up(self) -> None:
+        self.say(f"warming up every target ({self.args.warmup} s of load each)")
+        for target in self.targets:
+            if self.args.warmup > 0:
+                self.load(target, self.args.warmup)
+
+    def latency(self) -> None:
+        """Concurrency 1: blocks of LATENCY_BLOCK sequential requests per target, the
+        targets taking turns (in an order rotated per turn) until each has N. The first
+        requests of a block, on a process that sat idle while the others ran, are not
+        counted."""
+        n = self.args.latency_requests
+        self.say(f"latency at concurrency 1: {n} sequential requests per target, in turns")
+        conns = [
+            Connection(t.server.port, build_request(t.path, t.server.port, self.headers))
+            for t in self.targets
+        ]
+        try:
+            turn = 0
+            while any(len(t.latencies) < n for t in self.targets):
+                shift = turn % len(self.targets)
+                for index in [*range(shift, len(conns)), *range(shift)]:
+                    target, conn = self.targets[index], conns[index]
+                    block = min(LATENCY_BLOCK, n - len(target.latencies))
+                    for i in range(LATENCY_SKIP + block):
+                        status, seconds = conn.get()
+                        if status != 200:
+                            raise BenchError(f"{target.name} answered {status}")
+                        if i >= LATENCY_SKIP:
+                            target.latencies.append(seconds * 1000)
+                turn += 1
+        finally:
+            for conn in conns:
+                conn.close()
+
+    def throughput(self) -> None:
+        a = self.args
+        self.say(
+            f"throughput: {a.rounds} round(s) x {len(self.targets)} targets x {a.duration} s, "
+            f"{a.connections} connections, {self.generator}"
+        )
+        for r in range(a.rounds):
+            shift = r % len(self.targets)
+            for target in self.targets[shift:] + self.targets[:shift]:
+                result = self.load(target, a.duration)
+                target.rounds.append(result)
+                self.say(
+                    f"  round {r + 1}/{a.rounds} {target.name:<14} {result.rps:8.0f} req/s  "
+                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+                    + (f"  ERRORS {result.errors}" if result.errors else "")
+                )
+                time.sleep(0.2)
+
+    # -- results
+
+    def by_name(self, name: str) -> Target | None:
+        return next((t for t in self.targets if t.name == name), None)
+
+    def ratio(self, target: Target, base: Target | None) -> float | None:
+        """Median over the rounds of target rps / base rps in the same round."""
+        if base is None or not base.rounds or not target.rounds:
+            return None
+        return statistics.median(
+            t.rps / b.rps for t, b in zip(target.rounds, base.rounds, strict=True) if b.rps
+        )
+
+    def summary(self, started: float) -> dict[str, Any]:
+        a = self.args
+        direct, passthrough = self.by_name("direct"), self.by_name("passthrough")
+        assert direct is not None
+        direct_c1 = sorted(direct.latencies)
+        rows = []
+        for t in self.targets:
+            lat = sorted(t.latencies)
+            rps = [r.rps for r in t.rounds]
+            memory = t.server.memory() if t.kind != "stub" else None
+            if t.kind == "stub":
+                memory = {"max_rss_mib": round(memory_mib(t.server.worker_pids[0])["rss_mib"], 1)}
+            rows.append(
+                {
+                    "name": t.name,
+                    "kind": t.kind,
+                    "variant": t.variant,
+                    "routes": t.routes,
+                    "path": t.path,
+                    "throughput": {
+                        "rps": round(statistics.median(rps), 1),
+                        "p50_ms": round(statistics.median(r.p50_ms for r in t.rounds), 3),
+                        "p99_ms": round(statistics.median(r.p99_ms for r in t.rounds), 3),
+                        "errors": sum(r.errors for r in t.rounds),
+                        "rounds": [
+                            {
+                                "rps": round(r.rps, 1),
+                                "requests": r.requests,
+                                "seconds": round(r.seconds, 3),
+                                "p50_ms": round(r.p50_ms, 3),
+                                "p99_ms": round(r.p99_ms, 3),
+                                "errors": r.errors,
+                            }
+                            for r in t.rounds
+                        ],
+                    },
+                    "ratio_vs_direct": _round(self.ratio(t, direct), 3),
+                    "ratio_vs_passthrough": _round(self.ratio(t, passthrough), 3),
+                    "latency_c1": {
+                        "requests": len(lat),
+                        "p50_ms": round(percentile(lat, 0.5), 3),
+                        "p99_ms": round(percentile(lat, 0.99), 3),
+                        "mean_ms": round(statistics.fmean(lat), 3) if lat else None,
+                        "added_p50_ms": round(percentile(lat, 0.5) - percentile(direct_c1, 0.5), 3),
+                    },
+                    "startup_s": round(t.server.startup_s, 3),
+                    "memory": memory,
+                    "checks": t.checks,
+                }
+            )
+        return {
+            "bench": "gateway",
+            "schema": 1,
+            "started_at": dt.datetime.fromtimestamp(started, dt.UTC).isoformat(timespec="seconds"),
+            "elapsed_s": round(time.time() - started, 1),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "loadavg_at_start": [round(x, 2) for x in self.loadavg],
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                "load_generator": self.generator,
+            },
+            "settings": {
+                "quick": a.quick,
+                "workers": a.workers,
+                "threads": a.threads,
+                "connections": a.connections,
+                "duration_s": a.duration,
+                "rounds": a.rounds,
+                "latency_requests": a.latency_requests,
+                "warmup_s": a.warmup,
+                "close_every": a.close_every,
+                "variants": a.variants,
+                "routes": a.routes,
+                "sweep_variant": a.sweep_variant,
+                "redis_url": a.redis_url,
+                "rate_limit": REDIS_LIMIT,
+                "strategy": a.strategy,
+                "stub_threads": 8,
+            },
+            "targets": rows,
+            "goals": self.goals(rows),
+        }
+
+    def goals(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        a = self.args
+        by_name = {row["name"]: row for row in rows}
+        goals: list[dict[str, Any]] = []
+
+        def goal(name: str, text: str, value: float | None, limit: float, ok: bool | None) -> None:
+            goals.append(
+                {
+                    "name": name,
+                    "goal": text,
+                    "value": _round(value, 3),
+                    "limit": limit,
+                    "met": ok,
+                }
+            )
+
+        everything = by_name.get("all")
+        if everything is not None:
+            ratio = everything["ratio_vs_passthrough"]
+            goal(
+                "all_rps_vs_passthrough",
+                "with every policy on, requests/s at least 1.3x the passthrough's",
+                ratio,
+                GOAL_PASSTHROUGH_RATIO,
+                None if ratio is None else ratio >= GOAL_PASSTHROUGH_RATIO,
+            )
+            added = everything["latency_c1"]["added_p50_ms"]
+            goal(
+                "all_added_p50_ms_c1",
+                "with every policy on, at most 0.4 ms p50 over direct at concurrency 1",
+                added,
+                GOAL_ADDED_P50_MS,
+                added <= GOAL_ADDED_P50_MS,
+            )
+        names = [
+            a.sweep_variant if n == a.routes[0] else f"{a.sweep_variant}@{n}" for n in a.routes
+        ]
+        sweep = [t for t in (self.by_name(name) for name in names) if t is not None]
+        if len(sweep) > 1 and sweep[0].routes == a.routes[0]:
+            # Per round, like the other ratios: each table against the smallest one.
+            ratios = [self.ratio(t, sweep[0]) or 0.0 for t in sweep[1:]]
+            worst = max(ratios, key=lambda r: abs(r - 1))
+            goal(
+                "routes_rps_spread",
+                f"requests/s within 5% from {a.routes[0]} to {max(a.routes)} routes "
+                "(the ratio to the smallest table furthest from 1, median over the rounds)",
+                worst,
+                GOAL_ROUTES_SPREAD,
+                abs(worst - 1) <= GOAL_ROUTES_SPREAD,
+            )
+        rss = [
+            row["memory"]["max_rss_mib"]
+            for row in rows
+            if row["kind"] == "gateway" and row["memory"]["max_rss_mib"] is not None
+        ]
+        if rss:
+            goal(
+                "rss_per_worker_mib",
+                "under 80 MiB resident per gateway worker (the largest of this run)",
+                max(rss),
+                GOAL_RSS_MIB,
+                max(rss) < GOAL_RSS_MIB,
+            )
+        biggest = max((row for row in rows if row["kind"] == "gateway"), key=_routes, default=None)
+        if biggest is not None:
+            goal(
+                "startup_s_largest_table",
+                f"start-up to the first /healthz answer with {biggest['routes']} routes under 2 s",
+                biggest["startup_s"],
+                GOAL_STARTUP_S,
+                biggest["startup_s"] < GOAL_STARTUP_S,
+            )
+        return goals
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _routes(row: dict[str, Any]) -> int:
+    return int(row["routes"] or 0)
+
+
+def _fmt(value: float | None, spec: str, empty: str = "-") -> str:
+    return empty if value is None else format(value, spec)
+
+
+def table(result: dict[str, Any]) -> str:
+    s = result["settings"]
+    head = (
+        f"{'target':<14}{'routes':>7}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'x direct':>10}{'x passthr':>10}{'c1 p50':>8}{'c1 p99':>8}{'c1 +p50':>9}"
+        f"{'start s':>9}{'RSS MiB':>9}"
+    )
+    lines = [
+        f"requests/s, p50 and p99 at {s['connections']} connections (median of "
+        f"{s['rounds']} x {s['duration_s']} s); c1: {s['latency_requests']} sequential "
+        f"requests; {s['workers']} workers x {s['threads']} threads; "
+        f"{result['machine']['load_generator']}",
+        head,
+        "-" * len(head),
+    ]
+    for row in result["targets"]:
+        tp, c1 = row["throughput"], row["latency_c1"]
+        lines.append(
+            f"{row['name']:<14}{_fmt(row['routes'], 'd'):>7}{tp['rps']:>9.0f}"
+            f"{tp['p50_ms']:>8.2f}{tp['p99_ms']:>8.2f}"
+            f"{_fmt(row['ratio_vs_direct'], '.2f'):>10}"
+            f"{_fmt(row['ratio_vs_passthrough'], '.2f'):>10}"
+            f"{c1['p50_ms']:>8.3f}{c1['p99_ms']:>8.3f}"
+            f"{_fmt(None if row['kind'] == 'stub' else c1['added_p50_ms'], '+.3f'):>9}"
+            f"{_fmt(None if row['kind'] == 'stub' else row['startup_s'], '.2f'):>9}"
+            f"{_fmt((row['memory'] or {}).get('max_rss_mib'), '.1f'):>9}"
+            + (f"  errors: {tp['errors']}" if tp["errors"] else "")
+        )
+    lines.append("")
+    for g in result["goals"]:
+        mark = {True: "met", False: "NOT met", None: "n/a"}[g["met"]]
+        lines.append(f"goal {g['name']}: {_fmt(g['value'], '.3f')} (limit {g['limit']}): {mark}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.time()
+    workdir = Path(tempfile.mkdtemp(prefix="gateway-bench-"))
+    bench = Bench(args, workdir)
+    failed = True
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        bench.setup()
+        bench.warm_up()
+        bench.latency()
+        bench.throughput()
+        result = bench.summary(started)
+        errors = sum(row["throughput"]["errors"] for row in result["targets"])
+        args.out.mkdir(parents=True, exist_ok=True)
+        stamp = dt.datetime.fromtimestamp(started, dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+        out = args.out / f"bench-{stamp}.json"
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print()
+        print(table(result))
+        print()
+        print(f"bench: {result['elapsed_s']:.0f} s; results written to {out}")
+        if errors:
+            print(f"bench: {errors} requests failed during the runs; see the table", flush=True)
+        failed = errors > 0
+        return 1 if failed else 0
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for server in reversed(bench.servers):
+            server.stop()
+        if any(t.variant in ("jwt+redis", "all") for t in bench.targets):
+            delete_counters(args.redis_url, bench.tag)
+        if args.keep or failed:
+            print(f"bench: work folder (configs, logs) kept at {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
