@@ -10,8 +10,12 @@ from the environment at import time.
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from typing import Any
+
+log = logging.getLogger("gateway.metrics")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -86,15 +90,23 @@ class Metrics:
         """The exposition text: every live and dead worker's samples when multiprocess."""
         prom = self._prom
         directory = multiprocess_dir()
-        if directory:
-            from prometheus_client import multiprocess
+        if not directory:
+            result: bytes = prom.generate_latest(self.registry)
+            return result
+        from prometheus_client import multiprocess
 
-            registry = prom.CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
-            data: bytes = prom.generate_latest(registry)
-            return data
-        result: bytes = prom.generate_latest(self.registry)
-        return result
+        for attempt in range(3):
+            try:
+                registry = prom.CollectorRegistry()
+                multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+                data: bytes = prom.generate_latest(registry)
+                return data
+            except Exception as exc:
+                # A worker starting up may not have finished writing its sample file:
+                # read again a moment later rather than fail the scrape.
+                log.warning("reading the metrics files failed (%s); attempt %d", exc, attempt + 1)
+                time.sleep(0.05)
+        raise RuntimeError("the metrics files could not be read")
 
 
 def mark_worker_dead(pid: int) -> None:
