@@ -233,6 +233,7 @@ class _LoadProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        self.run.open.add(self)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -265,6 +266,7 @@ class _LoadProtocol(asyncio.Protocol):
             self._send()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.run.open.discard(self)
         if not self.finished and time.perf_counter() < self.run.stop_at:
             self.run.errors += 1
             self.run.reconnect()
@@ -284,6 +286,7 @@ class _PythonRun:
         self.latencies: list[int] = []
         self.errors = 0
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.open: set[_LoadProtocol] = set()
 
     def next_closes(self) -> bool:
         self.sent += 1
@@ -318,6 +321,11 @@ class _PythonRun:
         await asyncio.sleep(0.05)
         for task in list(self.tasks):
             task.cancel()
+        for protocol in list(self.open):  # still waiting for an answer: not counted
+            protocol.finished = True
+            if protocol.transport is not None:
+                protocol.transport.close()
+        await asyncio.sleep(0)
         values = sorted(ns / 1e6 for ns in self.latencies)
         return RunResult(
             len(values), elapsed, percentile(values, 0.5), percentile(values, 0.99), self.errors
@@ -443,23 +451,17 @@ def memory_mib(pid: int) -> dict[str, float]:
 
 def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
     """(status, head, body) of one request on a fresh connection."""
-    conn = Connection(port, build_request(path, port, headers or {}, close=True))
-    try:
-        assert conn.sock is None
-        sock = conn._connect()
-        sock.sendall(conn.request)
+    with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
+        sock.sendall(build_request(path, port, headers or {}, close=True))
         buf = bytearray()
         while (parsed := parse_response(buf)) is None:
             data = sock.recv(65536)
             if not data:
                 raise ConnectionResetError("closed before the response was complete")
             buf += data
-        sock.close()
-        status, end, _ = parsed
-        head, _, body = bytes(buf[:end]).partition(b"\r\n\r\n")
-        return status, head.decode("latin-1"), body.decode("utf-8", "replace")
-    finally:
-        conn.close()
+    status, end, _ = parsed
+    head, _, body = bytes(buf[:end]).partition(b"\r\n\r\n")
+    return status, head.decode("latin-1"), body.decode("utf-8", "replace")
 
 
 @dataclasses.dataclass
@@ -617,8 +619,9 @@ def gateway_config(
         config["rate_limits"] = {
             "storage": redis_url,
             "strategy": strategy,
-            # deny: a Redis failure shows up as errors in the run, not as a faster run
-            "on_storage_error": "deny",
+            # As routes.yaml: a failed or slow (over storage_timeout_ms, 50 ms) Redis call
+            # lets the request through. The bench counts them from /metrics afterwards.
+            "on_storage_error": "allow",
             "default": [],
         }
         policies.update(rate_limit=[REDIS_LIMIT], rate_limit_bucket=bucket)
@@ -884,22 +887,39 @@ class Bench:
         for target in self.targets:
             self.check(target)
 
-    def check(self, target: Target) -> None:
-        """One request first: 200, and the headers that show the policies ran."""
-        status, head, body = http_get(target.server.port, target.path, self.headers)
-        if status != 200:
-            raise BenchError(f"{target.name}: GET {target.path} answered {status}: {body[:500]}")
-        names = {line.split(":", 1)[0].strip().lower() for line in head.split("\r\n")[1:]}
-        checks = {"status": status}
-        if target.variant in ("jwt+redis", "all"):
-            checks["rate_limit_headers"] = "x-ratelimit-limit" in names
-        if target.variant == "all":
-            checks["cors"] = "access-control-allow-origin" in names
-            checks["deprecation"] = "deprecation" in names
-        failed = [k for k, v in checks.items() if v is False]
-        if failed:
-            raise BenchError(f"{target.name}: the policies did not all apply: {failed}\n{head}")
-        target.checks = checks
+    def check(self, target: Target, attempts: int = 3) -> None:
+        """One request first: 200, and the headers that show the policies ran (a few
+        tries, as a busy machine can make the first Redis call miss its deadline)."""
+        for attempt in range(1, attempts + 1):
+            status, head, body = http_get(target.server.port, target.path, self.headers)
+            names = {line.split(":", 1)[0].strip().lower() for line in head.split("\r\n")[1:]}
+            checks: dict[str, Any] = {"status": status}
+            if target.variant in ("jwt+redis", "all"):
+                checks["rate_limit_headers"] = "x-ratelimit-limit" in names
+            if target.variant == "all":
+                checks["cors"] = "access-control-allow-origin" in names
+                checks["deprecation"] = "deprecation" in names
+            failed = [k for k, v in checks.items() if v is False]
+            if status == 200 and not failed:
+                target.checks = checks
+                return
+            if attempt == attempts:
+                raise BenchError(
+                    f"{target.name}: GET {target.path} answered {status}, without "
+                    f"{failed or 'nothing'}:\n{head}\n{body[:500]}"
+                )
+            time.sleep(0.5)
+
+    def storage_errors(self, target: Target) -> int | None:
+        """gateway_ratelimit_storage_errors_total from the gateway's /metrics."""
+        if target.kind != "gateway":
+            return None
+        try:
+            status, _, body = http_get(target.server.port, "/metrics")
+        except OSError:
+            return None
+        match = re.search(r"^gateway_ratelimit_storage_errors_total\s+(\S+)", body, re.M)
+        return int(float(match.group(1))) if status == 200 and match else 0
 
     # -- measurements
 
@@ -1033,6 +1053,7 @@ class Bench:
                     "startup_s": round(t.server.startup_s, 3),
                     "memory": memory,
                     "checks": t.checks,
+                    "ratelimit_storage_errors": self.storage_errors(t),
                 }
             )
         return {
@@ -1071,38 +1092,37 @@ class Bench:
         }
 
     def goals(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The issue's goals, each with this run's value and a line for the table."""
         a = self.args
         by_name = {row["name"]: row for row in rows}
         goals: list[dict[str, Any]] = []
 
-        def goal(name: str, text: str, value: float | None, limit: float, ok: bool | None) -> None:
+        def goal(name: str, goal: str, value: float, limit: float, ok: bool, text: str) -> None:
             goals.append(
-                {
-                    "name": name,
-                    "goal": text,
-                    "value": _round(value, 3),
-                    "limit": limit,
-                    "met": ok,
-                }
+                {"name": name, "goal": goal, "value": round(value, 3), "limit": limit}
+                | {"met": ok, "text": text}
             )
 
         everything = by_name.get("all")
-        if everything is not None:
+        if everything is not None and everything["ratio_vs_passthrough"] is not None:
             ratio = everything["ratio_vs_passthrough"]
             goal(
                 "all_rps_vs_passthrough",
-                "with every policy on, requests/s at least 1.3x the passthrough's",
+                "every policy on: requests/s at least 1.3x the passthrough's",
                 ratio,
                 GOAL_PASSTHROUGH_RATIO,
-                None if ratio is None else ratio >= GOAL_PASSTHROUGH_RATIO,
+                ratio >= GOAL_PASSTHROUGH_RATIO,
+                f"all: {ratio:.2f}x the passthrough's requests/s (goal >= 1.3x)",
             )
+        if everything is not None:
             added = everything["latency_c1"]["added_p50_ms"]
             goal(
                 "all_added_p50_ms_c1",
-                "with every policy on, at most 0.4 ms p50 over direct at concurrency 1",
+                "every policy on: at most 0.4 ms p50 over direct at concurrency 1",
                 added,
                 GOAL_ADDED_P50_MS,
                 added <= GOAL_ADDED_P50_MS,
+                f"all: {added:+.3f} ms p50 over direct at concurrency 1 (goal <= +0.4 ms)",
             )
         names = [
             a.sweep_variant if n == a.routes[0] else f"{a.sweep_variant}@{n}" for n in a.routes
@@ -1110,37 +1130,40 @@ class Bench:
         sweep = [t for t in (self.by_name(name) for name in names) if t is not None]
         if len(sweep) > 1 and sweep[0].routes == a.routes[0]:
             # Per round, like the other ratios: each table against the smallest one.
-            ratios = [self.ratio(t, sweep[0]) or 0.0 for t in sweep[1:]]
-            worst = max(ratios, key=lambda r: abs(r - 1))
+            ratios = [(self.ratio(t, sweep[0]) or 0.0, t) for t in sweep[1:]]
+            worst, target = max(ratios, key=lambda pair: abs(pair[0] - 1))
             goal(
                 "routes_rps_spread",
-                f"requests/s within 5% from {a.routes[0]} to {max(a.routes)} routes "
-                "(the ratio to the smallest table furthest from 1, median over the rounds)",
+                f"requests/s within 5% from {a.routes[0]} to {max(a.routes)} routes (value: "
+                "the table's requests/s over the smallest table's, furthest from 1)",
                 worst,
                 GOAL_ROUTES_SPREAD,
                 abs(worst - 1) <= GOAL_ROUTES_SPREAD,
+                f"{target.name}: {worst:.3f}x the requests/s of {sweep[0].name} with "
+                f"{a.routes[0]} routes ({(worst - 1) * 100:+.1f}%; goal within 5%)",
             )
-        rss = [
-            row["memory"]["max_rss_mib"]
-            for row in rows
-            if row["kind"] == "gateway" and row["memory"]["max_rss_mib"] is not None
-        ]
-        if rss:
+        gateways = [row for row in rows if row["kind"] == "gateway"]
+        if gateways:
+            top = max(gateways, key=lambda row: row["memory"]["max_rss_mib"] or 0.0)
+            rss = top["memory"]["max_rss_mib"] or 0.0
             goal(
                 "rss_per_worker_mib",
                 "under 80 MiB resident per gateway worker (the largest of this run)",
-                max(rss),
+                rss,
                 GOAL_RSS_MIB,
-                max(rss) < GOAL_RSS_MIB,
+                rss < GOAL_RSS_MIB,
+                f"{top['name']}: {rss:.1f} MiB resident per worker, the largest (goal < 80)",
             )
-        biggest = max((row for row in rows if row["kind"] == "gateway"), key=_routes, default=None)
-        if biggest is not None:
+            biggest = max(gateways, key=_routes)
+            startup = biggest["startup_s"]
             goal(
                 "startup_s_largest_table",
                 f"start-up to the first /healthz answer with {biggest['routes']} routes under 2 s",
-                biggest["startup_s"],
+                startup,
                 GOAL_STARTUP_S,
-                biggest["startup_s"] < GOAL_STARTUP_S,
+                startup < GOAL_STARTUP_S,
+                f"{biggest['name']}: start-up in {startup:.2f} s with {biggest['routes']} "
+                "routes (goal < 2 s)",
             )
         return goals
 
@@ -1187,8 +1210,7 @@ def table(result: dict[str, Any]) -> str:
         )
     lines.append("")
     for g in result["goals"]:
-        mark = {True: "met", False: "NOT met", None: "n/a"}[g["met"]]
-        lines.append(f"goal {g['name']}: {_fmt(g['value'], '.3f')} (limit {g['limit']}): {mark}")
+        lines.append(f"{'met    ' if g['met'] else 'NOT met'}  {g['text']}")
     return "\n".join(lines)
 
 
@@ -1220,6 +1242,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bench: {result['elapsed_s']:.0f} s; results written to {out}")
         if errors:
             print(f"bench: {errors} requests failed during the runs; see the table", flush=True)
+        storage = {
+            row["name"]: row["ratelimit_storage_errors"]
+            for row in result["targets"]
+            if row["ratelimit_storage_errors"]
+        }
+        if storage:
+            print(
+                "bench: requests whose rate-limit storage call failed or took over 50 ms, "
+                f"let through without the limit (on_storage_error: allow): {storage}",
+                flush=True,
+            )
         failed = errors > 0
         return 1 if failed else 0
     except BenchError as exc:
