@@ -31,8 +31,8 @@ from .support import (
     Reply,
     ServerProcess,
     assert_problem,
-    free_port,
     http_request,
+    start_server,
     subprocess_env,
     venv_script,
 )
@@ -59,36 +59,6 @@ def stack_env(**extra: str) -> dict[str, str]:
     env["RATE_LIMIT_STORAGE"] = "memory://"
     env.update(extra)
     return env
-
-
-def _start_on_free_port(
-    argv_for_port: Callable[[int], list[str]],
-    *,
-    workdir: Path,
-    name: str,
-    env: dict[str, str],
-    workers: int,
-    attempts: int = 3,
-) -> ServerProcess:
-    """Start a server on a free port, trying another if the chosen one got taken."""
-    last: Exception | None = None
-    for attempt in range(attempts):
-        port = free_port()
-        server = ServerProcess(
-            argv=argv_for_port(port),
-            port=port,
-            log_path=workdir / f"{name}-{attempt}.log",
-            env=env,
-            cwd=workdir,
-            workers_expected=workers,
-        )
-        try:
-            return server.start(ready_timeout=30.0)
-        except RuntimeError as exc:
-            last = exc
-            if "in use" not in server.log().lower():
-                raise
-    raise RuntimeError(f"{name}: no free port after {attempts} attempts") from last
 
 
 def stub_argv(service: str) -> Callable[[int], list[str]]:
@@ -156,20 +126,22 @@ class ReferenceStack:
     def start(cls, workdir: Path) -> ReferenceStack:
         started: list[ServerProcess] = []
         try:
-            users = _start_on_free_port(
+            users = start_server(
                 stub_argv("users"),
                 workdir=workdir,
                 name="users-stub",
                 env=stack_env(),
                 workers=STUB_WORKERS,
+                ready_timeout=30.0,
             )
             started.append(users)
-            orders = _start_on_free_port(
+            orders = start_server(
                 stub_argv("orders"),
                 workdir=workdir,
                 name="orders-stub",
                 env=stack_env(),
                 workers=STUB_WORKERS,
+                ready_timeout=30.0,
             )
             started.append(orders)
             env = stack_env(USERS_URL=users.base_url, ORDERS_URL=orders.base_url)
@@ -190,8 +162,13 @@ class ReferenceStack:
                     "4",
                 ]
 
-            gateway = _start_on_free_port(
-                gateway_argv, workdir=workdir, name="gateway", env=env, workers=GATEWAY_WORKERS
+            gateway = start_server(
+                gateway_argv,
+                workdir=workdir,
+                name="gateway",
+                env=env,
+                workers=GATEWAY_WORKERS,
+                ready_timeout=30.0,
             )
             started.append(gateway)
             stack = cls(users, orders, gateway)

@@ -481,6 +481,7 @@ def start_server(
     env: dict[str, str],
     workers: int,
     attempts: int = 3,
+    ready_timeout: float = 20.0,
 ) -> ServerProcess:
     """Start a server on a free port; try another port if the chosen one got taken."""
     last: Exception | None = None
@@ -495,10 +496,11 @@ def start_server(
             workers_expected=workers,
         )
         try:
-            return server.start()
+            return server.start(ready_timeout=ready_timeout)
         except RuntimeError as exc:
             last = exc
-            if "Address already in use" not in server.log():
+            # gunicorn says "Address already in use", the stub "... is already in use".
+            if "in use" not in server.log().lower():
                 raise
     raise RuntimeError(f"no free port after {attempts} attempts") from last
 
