@@ -108,6 +108,11 @@ class DeadlineBackend(httpcore.NetworkBackend):
         self._backend.sleep(seconds)
 
 
+def deadline_pool(**options: Any) -> httpcore.ConnectionPool:
+    """A connection pool whose sockets obey `deadline_at` (options: ConnectionPool's)."""
+    return httpcore.ConnectionPool(network_backend=DeadlineBackend(), **options)
+
+
 def deadline_transport(**options: Any) -> httpx.HTTPTransport:
     """An httpx transport whose sockets obey `deadline_at` (options: HTTPTransport's)."""
     transport = httpx.HTTPTransport(**options)

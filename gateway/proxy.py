@@ -1,10 +1,16 @@
 """Forwarding: the terminal step of every route. One module owns the upstream exchange.
 
-One long-lived httpx.Client per upstream (a keep-alive pool per worker), no proxies
-from the environment, no redirect following. Request bodies are streamed (chunked
-ones read first under the body limit, so nothing is half-sent), responses are
-streamed back byte for byte (compressed bodies untouched), and a total deadline
-bounds the whole exchange (see deadline.py).
+One long-lived keep-alive connection pool per upstream and worker, no proxies from the
+environment, no redirect following. Request bodies are streamed (chunked ones read
+first under the body limit, so nothing is half-sent), responses are streamed back byte
+for byte (compressed bodies untouched), and a total deadline bounds the whole exchange
+(see deadline.py).
+
+The pool is httpcore's, the HTTP engine under httpx, used directly: the gateway relays
+requests it has already parsed and checked, so httpx.Client's request building, URL
+merging, cookie jar and response wrapping were pure cost, about half the CPU of each
+upstream call (docs/perf/README.md). httpx still supplies the TLS context, so
+certificate checks are the same as an httpx client's.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import re
 import ssl
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import ClientDisconnected
@@ -25,7 +33,7 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.breaker import BreakerOpen, CircuitBreaker, State
 from gateway.config.model import Config, Upstream
-from gateway.deadline import deadline_at, deadline_transport
+from gateway.deadline import deadline_at, deadline_pool
 from gateway.policies.base import RequestContext
 from gateway.problems import (
     BadRequest,
@@ -89,6 +97,8 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _READ_ALL_BELOW = 64 * 1024  # bodies this small are read whole: cheap, and replayable
 _CHUNK = 64 * 1024
 _MAX_ERROR_BODY = 64 * 1024
+# What the pool raises once a connection is up (connect failures are caught first).
+_AFTER_CONNECT = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError)
 
 
 class _UpstreamFailed(Exception):
@@ -116,35 +126,72 @@ def _connection_named(values: list[str]) -> set[str]:
     return {token.strip().lower() for value in values for token in value.split(",")}
 
 
-def _ssl_context(upstream: Upstream) -> ssl.SSLContext | bool:
+def _ssl_context(upstream: Upstream) -> ssl.SSLContext:
     if upstream.ca_bundle:
         return ssl.create_default_context(cafile=upstream.ca_bundle)
-    return True
+    return httpx.create_ssl_context(trust_env=False)
 
 
-def _client(upstream: Upstream) -> httpx.Client:
-    transport = deadline_transport(
-        verify=_ssl_context(upstream),
-        limits=httpx.Limits(
-            max_connections=upstream.max_connections,
-            max_keepalive_connections=upstream.max_connections,
-            keepalive_expiry=5.0,
-        ),
+@dataclass(frozen=True, slots=True)
+class _Origin:
+    """One upstream's address, parsed once: what every request to it reuses."""
+
+    scheme: bytes
+    host: bytes
+    port: int | None
+    host_header: bytes
+    base_path: str  # the url's own path, put before every forwarded path
+    timeouts: dict[str, float]
+
+
+def _origin(upstream: Upstream) -> _Origin:
+    url = httpx.URL(upstream.url)
+    after_scheme = upstream.url.split("://", 1)[1]
+    slash = after_scheme.find("/")
+    return _Origin(
+        scheme=url.raw_scheme,
+        host=url.raw_host,
+        port=url.port,
+        host_header=url.netloc,
+        base_path=after_scheme[slash:] if slash >= 0 else "",
+        timeouts={
+            "connect": upstream.connect_timeout,
+            "read": upstream.timeout,
+            "write": upstream.timeout,
+            "pool": upstream.connect_timeout,
+        },
+    )
+
+
+def _pool(upstream: Upstream) -> httpcore.ConnectionPool:
+    return deadline_pool(
+        ssl_context=_ssl_context(upstream),
+        max_connections=upstream.max_connections,
+        max_keepalive_connections=upstream.max_connections,
+        keepalive_expiry=5.0,
         retries=0,  # retries are ours: only where they cannot duplicate a request
     )
-    client = httpx.Client(
-        transport=transport,
-        timeout=httpx.Timeout(
-            upstream.timeout, connect=upstream.connect_timeout, pool=upstream.connect_timeout
-        ),
-        follow_redirects=False,
-        trust_env=False,
-    )
-    # httpx adds Accept-Encoding and User-Agent of its own; the upstream must see the
-    # client's (or none), or compressed bodies would not pass through untouched.
-    for name in ("Accept", "Accept-Encoding", "User-Agent"):
-        client.headers.pop(name, None)
-    return client
+
+
+def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of a response field (`name` in lower case), or None."""
+    for raw_name, raw_value in headers:
+        if raw_name.lower() == name:
+            return raw_value.decode("latin-1")
+    return None
+
+
+def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
+    return [v.decode("latin-1") for n, v in headers if n.lower() == name]
+
+
+def _target(path_and_query: str) -> bytes:
+    """The request target as bytes; anything outside printable ASCII escaped, as a
+    client library would (the paths are re-encoded already: this is belt and braces)."""
+    if path_and_query.isascii() and path_and_query.isprintable() and " " not in path_and_query:
+        return path_and_query.encode("ascii")
+    data = path_and_query.encode("utf-8")
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in data).encode("ascii")
 
 
 def _query(request: Request) -> str:
@@ -164,7 +211,8 @@ class Forwarder:
         on_breaker_change: Callable[[str, State], None] | None = None,
     ) -> None:
         self.config = config
-        self.clients = {name: _client(u) for name, u in config.upstreams.items()}
+        self.pools = {name: _pool(u) for name, u in config.upstreams.items()}
+        self.origins = {name: _origin(u) for name, u in config.upstreams.items()}
         self.breakers = {
             name: CircuitBreaker(
                 u.breaker_failures,
@@ -183,17 +231,27 @@ class Forwarder:
         self.request_drop = _REQUEST_OWN | {api_key_header.lower()}
 
     def close(self) -> None:
-        for client in self.clients.values():
-            client.close()
+        for pool in self.pools.values():
+            pool.close()
 
-    def upstream_url(self, ctx: RequestContext) -> str:
+    def upstream_target(self, ctx: RequestContext) -> bytes:
+        """The path and query sent upstream: the route's template filled in, after the
+        upstream url's own path."""
         assert ctx.route is not None
         try:
             template = ctx.upstream_template or ctx.route.upstream_template
             path = template.expand(ctx.params)
         except ValueError as exc:
             raise InvalidPath(f"The path cannot be forwarded: {exc}.") from None
-        return ctx.route.upstream.url + path + _query(ctx.request)
+        base = self.origins[ctx.route.upstream.name].base_path
+        return _target(base + path + _query(ctx.request))
+
+    def upstream_url(self, ctx: RequestContext) -> str:
+        """The whole upstream URL of a request, for people (`gateway explain`)."""
+        assert ctx.route is not None
+        origin = self.origins[ctx.route.upstream.name]
+        where = f"{origin.scheme.decode()}://{origin.host_header.decode()}"
+        return where + self.upstream_target(ctx).decode("ascii")
 
     def request_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.request
@@ -201,7 +259,7 @@ class Forwarder:
         headers = [
             (name, value)
             for name, value in request.headers.items()
-            if name.lower() not in drop and not name.lower().startswith("proxy-")
+            if (lowered := name.lower()) not in drop and not lowered.startswith("proxy-")
         ]
         headers += [
             ("X-Forwarded-For", ctx.client.forwarded_for),
@@ -236,7 +294,8 @@ class Forwarder:
         route = ctx.route
         assert route is not None
         upstream = route.upstream
-        url = self.upstream_url(ctx)
+        origin = self.origins[upstream.name]
+        target = self.upstream_target(ctx)
         method = ctx.request.method
         try:
             content, replayable = self._body(ctx)
@@ -247,7 +306,17 @@ class Forwarder:
             headers.append(("Content-Length", str(replayable)))
         elif replayable is None:
             headers.append(("Content-Length", ctx.request.headers["Content-Length"]))
-        client = self.clients[upstream.name]
+        # Header values come from the WSGI environ (latin-1 by PEP 3333) or were checked
+        # to be ASCII: latin-1 gives the upstream the bytes the client sent.
+        raw_headers = [(b"Host", origin.host_header)]
+        raw_headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        request = httpcore.Request(
+            method.encode("ascii"),
+            httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target),
+            headers=raw_headers,
+            content=content,
+            extensions={"timeout": origin.timeouts},
+        )
         breaker = self.breakers[upstream.name]
         try:
             breaker.before_call()
@@ -261,9 +330,8 @@ class Forwarder:
         attempts = 1 + (upstream.retries if method in _IDEMPOTENT and replayable is not None else 0)
         started = time.perf_counter()
         try:
-            response = self._send(
-                client, method, url, headers, content, deadline, attempts, upstream
-            )
+            response = self._send(self.pools[upstream.name], request, deadline, attempts, upstream)
+            body = self._small_body(method, response, deadline, upstream)
         except _UpstreamFailed as failure:
             ctx.upstream_ms = (time.perf_counter() - started) * 1000
             ctx.upstream_error = failure.kind
@@ -273,36 +341,37 @@ class Forwarder:
             breaker.abandoned()  # the client's fault or our pool's, not the upstream's
             raise
         ctx.upstream_ms = (time.perf_counter() - started) * 1000
-        if response.status_code >= 500 and upstream.breaker_on_5xx:
+        if response.status >= 500 and upstream.breaker_on_5xx:
             breaker.failed()
         else:
             breaker.succeeded()
-        return self._client_response(ctx, response, deadline)
+        return self._client_response(ctx, response, body, deadline)
 
     def _send(
         self,
-        client: httpx.Client,
-        method: str,
-        url: str,
-        headers: list[tuple[str, str]],
-        content: bytes | Iterator[bytes],
+        pool: httpcore.ConnectionPool,
+        request: httpcore.Request,
         deadline: float,
         attempts: int,
         upstream: Upstream,
-    ) -> httpx.Response:
+    ) -> httpcore.Response:
         for attempt in range(1, attempts + 1):
-            request = client.build_request(method, url, headers=headers, content=content)
             try:
                 with deadline_at(deadline):
-                    return client.send(request, stream=True)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    return pool.handle_request(request)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 # Nothing reached the upstream: safe to try again for idempotent methods.
                 pause = random.uniform(0.01, 0.05 * 2**attempt)
                 if attempt < attempts and time.monotonic() + pause < deadline:
-                    log.info("retrying %s %s after connect failure: %s", method, upstream.name, exc)
+                    log.info(
+                        "retrying %s %s after connect failure: %s",
+                        request.method.decode(),
+                        upstream.name,
+                        exc,
+                    )
                     time.sleep(pause)
                     continue
-                if isinstance(exc, httpx.ConnectTimeout):
+                if isinstance(exc, httpcore.ConnectTimeout):
                     raise _UpstreamFailed(
                         "timeout",
                         UpstreamTimeout(
@@ -315,40 +384,62 @@ class Forwarder:
                 ) from None
             except ClientDisconnected:
                 raise BadRequest("The request body ended before its declared length.") from None
-            except httpx.PoolTimeout:
+            except httpcore.PoolTimeout:
                 raise ServiceUnavailable(
                     f"All connections to the {upstream.name} service are busy.",
                     headers={"Retry-After": "1"},
                 ) from None
-            except httpx.TimeoutException:
-                raise _UpstreamFailed(
-                    "timeout",
-                    UpstreamTimeout(
-                        f"The {upstream.name} service did not answer within its deadline "
-                        f"({upstream.connect_timeout + upstream.timeout:g} seconds).",
-                    ),
-                ) from None
-            except httpx.HTTPError as exc:
-                log.warning("upstream %s failed: %s: %s", upstream.name, type(exc).__name__, exc)
-                kind = "bad_response" if isinstance(exc, httpx.ProtocolError) else "reset"
-                raise _UpstreamFailed(
-                    kind, self._unavailable(upstream, "failed to answer")
-                ) from None
+            except _AFTER_CONNECT as exc:
+                raise self._failed_after_connect(exc, upstream) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed_after_connect(self, exc: Exception, upstream: Upstream) -> _UpstreamFailed:
+        if isinstance(exc, httpcore.TimeoutException):
+            return _UpstreamFailed(
+                "timeout",
+                UpstreamTimeout(
+                    f"The {upstream.name} service did not answer within its deadline "
+                    f"({upstream.connect_timeout + upstream.timeout:g} seconds).",
+                ),
+            )
+        log.warning("upstream %s failed: %s: %s", upstream.name, type(exc).__name__, exc)
+        kind = "bad_response" if isinstance(exc, httpcore.ProtocolError) else "reset"
+        return _UpstreamFailed(kind, self._unavailable(upstream, "failed to answer"))
+
+    def _small_body(
+        self, method: str, response: httpcore.Response, deadline: float, upstream: Upstream
+    ) -> bytes | None:
+        """A small successful body, read whole before the client is answered: the
+        connection goes back to the pool at once, the client gets one write, and a
+        failure while reading is still a clean 502/504. Large or unsized bodies: None
+        (they are relayed as they arrive)."""
+        if method == "HEAD" or not 200 <= response.status < 300 or response.status == 204:
+            return None
+        declared = _header(response.headers, b"content-length")
+        if declared is None or not declared.isdigit() or int(declared) > _READ_ALL_BELOW:
+            return None
+        try:
+            with deadline_at(deadline):
+                return b"".join(response.iter_stream())
+        except _AFTER_CONNECT as exc:
+            raise self._failed_after_connect(exc, upstream) from None
+        finally:
+            response.close()
 
     @staticmethod
     def _unavailable(upstream: Upstream, what: str) -> UpstreamUnavailable:
         return UpstreamUnavailable(f"The {upstream.name} service {what}.")
 
     def _response_headers(
-        self, ctx: RequestContext, upstream_response: httpx.Response, *, error: bool
+        self, ctx: RequestContext, upstream_response: httpcore.Response, *, error: bool
     ) -> Headers:
         assert ctx.route is not None
-        drop = _RESPONSE_DROP | _connection_named(upstream_response.headers.get_list("Connection"))
+        raw = upstream_response.headers
+        drop = _RESPONSE_DROP | _connection_named(_header_values(raw, b"connection"))
         if error:
             drop |= _ERROR_BODY_FIELDS
         headers = Headers()
-        for raw_name, raw_value in upstream_response.headers.raw:
+        for raw_name, raw_value in raw:
             name = raw_name.decode("latin-1")
             lowered = name.lower()
             if lowered in drop or lowered.startswith("proxy-"):
@@ -374,9 +465,13 @@ class Forwarder:
         return headers
 
     def _client_response(
-        self, ctx: RequestContext, upstream_response: httpx.Response, deadline: float
+        self,
+        ctx: RequestContext,
+        upstream_response: httpcore.Response,
+        body: bytes | None,
+        deadline: float,
     ) -> Response:
-        status = upstream_response.status_code
+        status = upstream_response.status
         if status >= 400:
             return self._error_response(ctx, upstream_response, deadline)
         if 300 <= status < 400 and status != 304:
@@ -387,30 +482,33 @@ class Forwarder:
             headers["Content-Length"] = "0"
             return RelayedResponse(b"", status=status, headers=headers)
         headers = self._response_headers(ctx, upstream_response, error=False)
-        body = _relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
-        return RelayedResponse(body, status=status, headers=headers, direct_passthrough=True)
+        if body is not None:
+            return RelayedResponse(body, status=status, headers=headers)
+        stream = _relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
+        return RelayedResponse(stream, status=status, headers=headers, direct_passthrough=True)
 
     def _error_response(
-        self, ctx: RequestContext, upstream_response: httpx.Response, deadline: float
+        self, ctx: RequestContext, upstream_response: httpcore.Response, deadline: float
     ) -> Response:
-        status = upstream_response.status_code
+        status = upstream_response.status
         body = b""
-        content_type = upstream_response.headers.get("Content-Type", "")
+        content_type = _header(upstream_response.headers, b"content-type") or ""
         try:
             if status < 500 and "json" in content_type.lower():
                 with deadline_at(deadline):
-                    for chunk in upstream_response.iter_bytes():
+                    for chunk in upstream_response.iter_stream():
                         body += chunk
                         if len(body) > _MAX_ERROR_BODY:
                             break
-        except httpx.HTTPError:
+        except _AFTER_CONNECT:
             body = b""
         finally:
             upstream_response.close()
         if status >= 500:
             headers = Headers()
-            if "Retry-After" in upstream_response.headers:
-                headers["Retry-After"] = upstream_response.headers["Retry-After"]
+            retry_after = _header(upstream_response.headers, b"retry-after")
+            if retry_after is not None:
+                headers["Retry-After"] = retry_after
         else:
             headers = self._response_headers(ctx, upstream_response, error=True)
         problem = upstream_problem(
@@ -432,17 +530,20 @@ def _iter_stream(stream: Any, size: int) -> Iterator[bytes]:
 
 
 def _relay(
-    upstream_response: httpx.Response, deadline: float, upstream_name: str
+    upstream_response: httpcore.Response, deadline: float, upstream_name: str
 ) -> Iterator[bytes]:
     """Yield the upstream body as it arrives; cut the client off if the upstream fails."""
+    relayed = 0
     try:
         with deadline_at(deadline):
-            yield from upstream_response.iter_raw()
-    except httpx.HTTPError as exc:
+            for chunk in upstream_response.iter_stream():
+                relayed += len(chunk)
+                yield chunk
+    except _AFTER_CONNECT as exc:
         log.warning(
             "upstream %s body failed after %d bytes: %s: %s",
             upstream_name,
-            upstream_response.num_bytes_downloaded,
+            relayed,
             type(exc).__name__,
             exc,
         )

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 import respx
@@ -351,11 +352,11 @@ def sample(app: Flask, name: str, labels: dict[str, str]) -> float:
 @pytest.mark.parametrize(
     ("error", "status", "kind"),
     [
-        (httpx.ConnectError("refused"), 502, "refused"),
-        (httpx.ConnectTimeout("no answer"), 504, "timeout"),
-        (httpx.ReadTimeout("slow"), 504, "timeout"),
-        (httpx.ReadError("reset by peer"), 502, "reset"),
-        (httpx.RemoteProtocolError("garbage"), 502, "bad_response"),
+        (httpcore.ConnectError("refused"), 502, "refused"),
+        (httpcore.ConnectTimeout("no answer"), 504, "timeout"),
+        (httpcore.ReadTimeout("slow"), 504, "timeout"),
+        (httpcore.ReadError("reset by peer"), 502, "reset"),
+        (httpcore.RemoteProtocolError("garbage"), 502, "bad_response"),
     ],
 )
 def test_connection_failures_and_timeouts_open_the_breaker(
@@ -386,7 +387,7 @@ def test_connection_failures_and_timeouts_open_the_breaker(
 
 
 def test_a_post_is_refused_alike_while_open(client: FlaskClient, mock: respx.MockRouter) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=httpx.ConnectError("refused"))
+    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(3):
         client.get("/flaky/x")
     response = client.post("/flaky/x", data=b'{"a": 1}', content_type="application/json")
@@ -437,7 +438,7 @@ def test_4xx_answers_never_count_as_failures(mock: respx.MockRouter) -> None:
 
 
 def test_the_breaker_belongs_to_one_upstream(client: FlaskClient, mock: respx.MockRouter) -> None:
-    mock.route(host="flaky.internal").mock(side_effect=httpx.ConnectError("refused"))
+    mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(4):
         client.get("/flaky/x")
     assert client.get("/flaky/x").status_code == 503
@@ -453,7 +454,7 @@ def test_readyz_is_not_ready_while_a_breaker_is_open_only(
     assert status == 200 and body["status"] == "ready"
     assert body["checks"]["upstream_breakers"] == {"flaky": "closed", "steady": "closed"}
 
-    route = mock.route(host="flaky.internal").mock(side_effect=httpx.ConnectError("refused"))
+    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(3):
         client.get("/flaky/x")
     status, body = readiness(client)
@@ -479,7 +480,7 @@ def test_readyz_is_not_ready_while_a_breaker_is_open_only(
 def test_a_failed_probe_reopens_and_a_later_one_closes(
     app: Flask, client: FlaskClient, mock: respx.MockRouter
 ) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=httpx.ConnectError("refused"))
+    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(3):
         client.get("/flaky/x")
     time.sleep(0.35)
@@ -501,11 +502,11 @@ def test_a_failed_probe_reopens_and_a_later_one_closes(
 def test_a_probe_ended_by_a_pool_timeout_leaves_the_breaker_half_open(
     client: FlaskClient, mock: respx.MockRouter
 ) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=httpx.ConnectError("refused"))
+    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(3):
         client.get("/flaky/x")
     time.sleep(0.35)
-    route.mock(side_effect=httpx.PoolTimeout("no free connection"))
+    route.mock(side_effect=httpcore.PoolTimeout("no free connection"))
     response = client.get("/flaky/x")  # the probe, ended by our own pool
     assert response.status_code == 503
     assert route.call_count == 4
@@ -521,12 +522,12 @@ def test_a_probe_ended_by_a_pool_timeout_leaves_the_breaker_half_open(
 def test_pool_timeouts_do_not_reset_the_run_of_failures(
     client: FlaskClient, mock: respx.MockRouter
 ) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=httpx.ConnectError("refused"))
+    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     client.get("/flaky/x")
     client.get("/flaky/x")
-    route.mock(side_effect=httpx.PoolTimeout("no free connection"))
+    route.mock(side_effect=httpcore.PoolTimeout("no free connection"))
     assert client.get("/flaky/x").status_code == 503
-    route.mock(side_effect=httpx.ConnectError("refused"))
+    route.mock(side_effect=httpcore.ConnectError("refused"))
     assert client.get("/flaky/x").status_code == 502  # the third failure in a row
     response = client.get("/flaky/x")
     assert response.status_code == 503 and "Retry-After" in response.headers
@@ -541,7 +542,7 @@ def test_without_a_breaker_config_failures_never_short_circuit(mock: respx.MockR
     app = create_app(load_config_text(text, "routes.yaml", {}))
     try:
         client = app.test_client()
-        route = mock.route(host="flaky.internal").mock(side_effect=httpx.ConnectError("refused"))
+        route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
         for _ in range(8):
             assert client.get("/flaky/x").status_code == 502
         assert route.call_count == 8

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import httpcore
 import httpx
 import jwt
 import pytest
@@ -334,11 +335,11 @@ def test_a_429_passed_on_from_the_upstream_counts_as_rate_limited(
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
-        (httpx.ConnectError("refused"), "refused"),
-        (httpx.ConnectTimeout("no answer"), "timeout"),
-        (httpx.ReadTimeout("slow"), "timeout"),
-        (httpx.ReadError("reset"), "reset"),
-        (httpx.RemoteProtocolError("garbage"), "bad_response"),
+        (httpcore.ConnectError("refused"), "refused"),
+        (httpcore.ConnectTimeout("no answer"), "timeout"),
+        (httpcore.ReadTimeout("slow"), "timeout"),
+        (httpcore.ReadError("reset"), "reset"),
+        (httpcore.RemoteProtocolError("garbage"), "bad_response"),
     ],
 )
 def test_upstream_errors_are_counted_by_upstream_and_kind(
@@ -361,7 +362,7 @@ def test_an_open_breaker_counts_breaker_open_and_sets_its_gauge(
     app: Flask, client: FlaskClient
 ) -> None:
     with respx.mock(assert_all_called=False) as mock:
-        mock.route(host="flaky.internal").mock(side_effect=httpx.ConnectError("refused"))
+        mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
         assert value(app, "gateway_upstream_breaker_open", upstream="flaky") == 0
         statuses = [client.get("/flaky/x").status_code for _ in range(5)]
     assert statuses == [502, 502, 502, 503, 503]

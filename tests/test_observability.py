@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpcore
 import httpx
 import jwt
 import pytest
@@ -109,7 +110,7 @@ def client(app: Flask) -> FlaskClient:
 @pytest.fixture
 def upstream() -> Iterator[respx.MockRouter]:
     with respx.mock(assert_all_called=False) as mock:
-        mock.route(host="closed.internal").mock(side_effect=httpx.ConnectError("refused"))
+        mock.route(host="closed.internal").mock(side_effect=httpcore.ConnectError("refused"))
         mock.route(host="backend.internal").mock(
             return_value=httpx.Response(200, content=b'{"ok": true}', headers={"X-Up": "1"})
         )
@@ -257,7 +258,7 @@ def test_a_call_refused_by_the_open_breaker_logs_breaker_open_and_no_upstream_ti
     app = create_app(load_config_text(text, "routes.yaml", {}))
     try:
         with respx.mock(assert_all_called=False) as mock:
-            mock.route(host="closed.internal").mock(side_effect=httpx.ConnectError("refused"))
+            mock.route(host="closed.internal").mock(side_effect=httpcore.ConnectError("refused"))
             assert app.test_client().get("/closed").status_code == 502
             assert app.test_client().get("/closed").status_code == 503
     finally:

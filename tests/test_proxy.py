@@ -1,7 +1,7 @@
 """Forwarding: retries, error mapping, headers both ways, bodies, rewriting.
 
 The upstream is mocked with respx (which replaces httpcore's connection pool, the
-layer under the Forwarder's httpx transport), except where a real loopback socket is
+pool the Forwarder calls), except where a real loopback socket is
 the point of the test.
 """
 
@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 import respx
@@ -24,7 +25,7 @@ from flask.testing import FlaskClient
 
 from gateway.app import create_app
 from gateway.config import Config, load_config_text
-from gateway.proxy import HOP_BY_HOP, IDENTITY_HEADERS, Forwarder
+from gateway.proxy import HOP_BY_HOP, IDENTITY_HEADERS
 
 UPSTREAM = "http://users.internal:8081"
 
@@ -123,7 +124,7 @@ def test_idempotent_methods_are_retried_on_connect_error(
     client: FlaskClient, upstream: respx.MockRouter, no_pause: list[float], method: str
 ) -> None:
     route = upstream.route(method=method, path="/users/1").mock(
-        side_effect=httpx.ConnectError("refused")
+        side_effect=httpcore.ConnectError("refused")
     )
     response = client.open("/api/v1/users/1", method=method)
     assert response.status_code == 502
@@ -136,7 +137,7 @@ def test_post_and_patch_are_never_retried(
     client: FlaskClient, upstream: respx.MockRouter, no_pause: list[float], method: str
 ) -> None:
     route = upstream.route(method=method, path="/users/1").mock(
-        side_effect=httpx.ConnectError("refused")
+        side_effect=httpcore.ConnectError("refused")
     )
     response = client.open("/api/v1/users/1", method=method, data=b'{"a": 1}')
     assert response.status_code == 502
@@ -148,7 +149,7 @@ def test_a_retry_that_connects_returns_the_upstream_answer(
     client: FlaskClient, upstream: respx.MockRouter, no_pause: list[float]
 ) -> None:
     route = upstream.get("/users/1").mock(
-        side_effect=[httpx.ConnectError("refused"), httpx.Response(200, json={"id": "1"})]
+        side_effect=[httpcore.ConnectError("refused"), httpx.Response(200, json={"id": "1"})]
     )
     response = client.get("/api/v1/users/1")
     assert response.status_code == 200
@@ -160,7 +161,7 @@ def test_a_retried_put_sends_the_same_body_every_time(
     client: FlaskClient, upstream: respx.MockRouter, no_pause: list[float]
 ) -> None:
     route = upstream.put("/users/1").mock(
-        side_effect=[httpx.ConnectError("refused"), httpx.Response(204)]
+        side_effect=[httpcore.ConnectError("refused"), httpx.Response(204)]
     )
     response = client.put("/api/v1/users/1", json={"name": "Ada"})
     assert response.status_code == 204
@@ -171,7 +172,7 @@ def test_retries_zero_means_one_attempt(
     upstream: respx.MockRouter, no_pause: list[float], make_client: AppFactory
 ) -> None:
     client = make_client(RETRIES="0")
-    route = upstream.get("/users/1").mock(side_effect=httpx.ConnectError("refused"))
+    route = upstream.get("/users/1").mock(side_effect=httpcore.ConnectError("refused"))
     assert client.get("/api/v1/users/1").status_code == 502
     assert route.call_count == 1
 
@@ -179,14 +180,15 @@ def test_retries_zero_means_one_attempt(
 def test_a_streamed_body_is_never_retried(
     client: FlaskClient, upstream: respx.MockRouter, no_pause: list[float]
 ) -> None:
-    route = upstream.put("/users/1").mock(side_effect=httpx.ConnectError("refused"))
+    route = upstream.put("/users/1").mock(side_effect=httpcore.ConnectError("refused"))
     response = client.put("/api/v1/users/1", data=b"x" * 100_000)
     assert response.status_code == 502
     assert route.call_count == 1
 
 
 @pytest.mark.parametrize(
-    "error", [httpx.ReadTimeout("slow"), httpx.RemoteProtocolError("bad"), httpx.ReadError("x")]
+    "error",
+    [httpcore.ReadTimeout("slow"), httpcore.RemoteProtocolError("bad"), httpcore.ReadError("x")],
 )
 def test_failures_after_connecting_are_not_retried(
     client: FlaskClient, upstream: respx.MockRouter, no_pause: list[float], error: Exception
@@ -201,7 +203,11 @@ def test_failures_after_connecting_are_not_retried(
 
 @pytest.mark.parametrize(
     "error",
-    [httpx.ConnectTimeout("connect"), httpx.ReadTimeout("read"), httpx.WriteTimeout("write")],
+    [
+        httpcore.ConnectTimeout("connect"),
+        httpcore.ReadTimeout("read"),
+        httpcore.WriteTimeout("write"),
+    ],
     ids=lambda e: type(e).__name__,
 )
 def test_timeouts_are_504_upstream_timeout(
@@ -220,10 +226,10 @@ def test_timeouts_are_504_upstream_timeout(
 @pytest.mark.parametrize(
     "error",
     [
-        httpx.RemoteProtocolError("illegal status line from users.internal"),
-        httpx.ReadError("reset by users.internal"),
-        httpx.ConnectError("refused by users.internal"),
-        httpx.LocalProtocolError("bad header"),
+        httpcore.RemoteProtocolError("illegal status line from users.internal"),
+        httpcore.ReadError("reset by users.internal"),
+        httpcore.ConnectError("refused by users.internal"),
+        httpcore.LocalProtocolError("bad header"),
     ],
     ids=lambda e: type(e).__name__,
 )
@@ -240,7 +246,7 @@ def test_broken_upstreams_are_502_upstream_unavailable(
 def test_exhausted_pool_is_503_with_retry_after(
     client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
-    upstream.get("/users/1").mock(side_effect=httpx.PoolTimeout("busy"))
+    upstream.get("/users/1").mock(side_effect=httpcore.PoolTimeout("busy"))
     response = client.get("/api/v1/users/1")
     assert response.status_code == 503
     assert problem(response)["code"] == "service_unavailable"
@@ -659,21 +665,22 @@ def test_head_response_has_no_body(client: FlaskClient, upstream: respx.MockRout
 # --- the Forwarder itself -----------------------------------------------------------------
 
 
-def test_forwarder_clients_ignore_the_environment_and_never_follow_redirects(
-    monkeypatch: pytest.MonkeyPatch,
+def test_forwarder_ignores_the_environment_and_adds_no_fields_of_its_own(
+    monkeypatch: pytest.MonkeyPatch, make_client: AppFactory, upstream: respx.MockRouter
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
-    forwarder = Forwarder(make_config())
-    try:
-        client = forwarder.clients["users"]
-        assert client.follow_redirects is False
-        assert client.trust_env is False
-        assert "User-Agent" not in client.headers
-        assert "Accept-Encoding" not in client.headers
-        assert client.timeout.connect == 1.0
-        assert client.timeout.read == 10.0
-    finally:
-        forwarder.close()
+    monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")
+    client = make_client(CONNECT_TIMEOUT="0.5", TIMEOUT="7")
+    pool = client.application.gateway.forwarder.pools["users"]  # type: ignore[attr-defined]
+    assert type(pool) is httpcore.ConnectionPool  # a direct pool, never a proxy's
+    route = upstream.get("/users/1").mock(return_value=httpx.Response(200))
+    response = client.get("/api/v1/users/1", headers={"User-Agent": ""})
+    assert response.status_code == 200
+    request = sent(route)
+    assert request.headers["Host"] == "users.internal:8081"
+    for name in ("Accept", "Accept-Encoding", "Cookie"):
+        assert name not in request.headers
+    assert request.extensions["timeout"] == {"connect": 0.5, "read": 7.0, "write": 7.0, "pool": 0.5}
 
 
 # --- real loopback sockets ----------------------------------------------------------------
