@@ -112,6 +112,28 @@ def test_upstream_dying_mid_body_never_looks_like_a_complete_response(
         assert reply.header("Content-Length") == str(MID_BODY_DECLARED)
 
 
+def test_small_body_cut_short_is_502_not_a_truncated_200(
+    gateway: Gateway, upstream: MisbehavingUpstream, token: str
+) -> None:
+    # Small bodies are read whole before the gateway answers, so the failure can still
+    # be reported as a problem instead of a cut connection.
+    reply = gateway.get(f"/api/die-mid-small-body?t={token}", timeout=10)
+    assert_problem(reply, 502, "upstream_unavailable", "/api/die-mid-small-body")
+    assert b"sss" not in reply.body
+    # The upstream answered: not a connect failure, so not tried again.
+    assert len(upstream.received(token)) == 1
+
+
+def test_small_body_dripping_is_504_within_the_deadline(
+    gateway: Gateway, upstream: MisbehavingUpstream, token: str
+) -> None:
+    started = time.monotonic()
+    reply = gateway.get(f"/api/drip-small-body?t={token}", timeout=15)
+    elapsed = time.monotonic() - started
+    assert_problem(reply, 504, "upstream_timeout", "/api/drip-small-body")
+    assert elapsed < BOUND, elapsed
+
+
 def test_gateway_still_serves_after_upstream_failures(
     gateway: Gateway, upstream: MisbehavingUpstream, token: str
 ) -> None:

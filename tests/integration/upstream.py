@@ -30,6 +30,7 @@ IDLE_LIMIT_SECONDS = 30.0  # an idle keep-alive connection is closed after this
 HUGE_SIZE = 100 * 1024 * 1024
 MID_BODY_DECLARED = 1_000_000
 MID_BODY_SENT = 1000
+SMALL_DECLARED = 2000
 INTERNAL_HOST = "db-internal-7.corp"
 UPSTREAM_SERVER = "Apache/2.4.1 (Unix) upstream-secret"
 UPSTREAM_POWERED_BY = "PHP/5.4.0-internal"
@@ -299,6 +300,26 @@ def _die_mid_body(handler: _Handler, conn: _Connection, received: Received) -> b
     return False
 
 
+def _die_mid_small_body(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    # A body small enough for the gateway to read whole before it answers.
+    conn.send(
+        _head("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(SMALL_DECLARED))])
+        + b"s" * (SMALL_DECLARED // 2)
+    )
+    return False
+
+
+def _drip_small_body(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    conn.send(
+        _head("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(SMALL_DECLARED))])
+    )
+    ends = time.monotonic() + DRIP_LIMIT_SECONDS
+    while time.monotonic() < ends:
+        conn.send(b"d")
+        conn.pause(DRIP_INTERVAL)
+    return False
+
+
 def _die_mid_chunked(handler: _Handler, conn: _Connection, received: Received) -> bool:
     chunk = b"z" * MID_BODY_SENT
     conn.send(
@@ -442,6 +463,8 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "huge": _huge,
     "die-mid-body": _die_mid_body,
     "die-mid-chunked": _die_mid_chunked,
+    "die-mid-small-body": _die_mid_small_body,
+    "drip-small-body": _drip_small_body,
     "html500": _html500,
     "text503": _text503,
     "problem422": _problem422,
