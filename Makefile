@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,load]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -59,8 +59,6 @@ LOADTEST_MAX_FAILURE_RATIO ?= 0.01
 
 .PHONY: loadtest
 loadtest: $(STAMP)
-	@$(BIN)/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("locust") is None)' \
-		|| $(BIN)/pip install --quiet -e '.[load]'
 	$(BIN)/python loadtests/run_loadtest.py --users $(LOADTEST_USERS) \
 		--spawn-rate $(LOADTEST_SPAWN) --time $(LOADTEST_TIME) \
 		--max-failure-ratio $(LOADTEST_MAX_FAILURE_RATIO)
@@ -78,6 +76,14 @@ BENCH_ARGS ?=
 bench: $(STAMP)
 	$(BIN)/python loadtests/bench.py --workers $(BENCH_WORKERS) --threads $(BENCH_THREADS) \
 		--connections $(BENCH_CONNECTIONS) $(BENCH_ARGS)
+
+# A flame graph of one gateway worker under wrk load with every policy on (py-spy);
+# writes docs/perf/flame-all.svg. make profile PROFILE_ARGS="--gil --out /tmp/cpu.svg"
+PROFILE_ARGS ?=
+
+.PHONY: profile
+profile: $(STAMP)
+	$(BIN)/python loadtests/profile.py $(PROFILE_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
