@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from ipaddress import ip_address, ip_network
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
-from flask import Flask, request
-from flask.typing import ResponseReturnValue
+from flask import Flask
 from werkzeug.exceptions import HTTPException
-from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from gateway.breaker import State
@@ -44,6 +43,9 @@ from gateway.problems import (
 from gateway.proxy import Forwarder
 from gateway.ratelimit import Counters
 from gateway.routing import CompiledRoute, RouteTable
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
 log = logging.getLogger("gateway")
 
@@ -284,12 +286,42 @@ def _json(body: dict[str, object], status: int = 200) -> Response:
 
 
 class GatewayFlask(Flask):
-    """Flask with the gateway's own dispatch: no Flask routes, redirects or HTML."""
+    """A Flask app whose every request goes straight to Gateway.handle.
+
+    The gateway has no Flask routes, templates, sessions or request hooks, so Flask's
+    per-request machinery (pushing a request context, matching its own URL map,
+    finalizing the response) was pure cost: about a sixth of a worker's CPU under load
+    (docs/perf/README.md). Flask remains the application object: configuration, the
+    test client, and the WSGI entry point that servers load.
+    """
 
     gateway: Gateway
 
-    def dispatch_request(self) -> ResponseReturnValue:
-        return self.gateway.handle(request._get_current_object())  # type: ignore[attr-defined]
+    def wsgi_app(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        try:
+            response = self.gateway.handle(Request(environ))
+        except Exception:  # Gateway.handle answers every error; this is the last guard
+            log.exception("unhandled error outside the gateway")
+            response = _outside_error(environ)
+        return response(environ, start_response)
+
+
+def _outside_error(environ: WSGIEnvironment) -> Response:
+    request_id = request_id_for(Request(environ))
+    response = render(
+        {
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "detail": "The gateway failed to handle the request.",
+            "instance": raw_request_path(environ),
+            "code": "internal_error",
+            "request_id": request_id,
+        },
+        500,
+    )
+    response.headers["X-Request-ID"] = request_id
+    return response
 
 
 def create_app(config: Config | str | None = None) -> Flask:
@@ -297,34 +329,6 @@ def create_app(config: Config | str | None = None) -> Flask:
     if not isinstance(config, Config):
         config = load_config(resolve_config_path(config))
     setup_logging()
-    app = GatewayFlask("gateway")
-    # One catch-all rule so Flask's own matching never raises; the gateway routes.
-    app.url_map = Map(
-        [Rule("/", endpoint="gateway"), Rule("/<path:path>", endpoint="gateway")],
-        strict_slashes=False,
-        merge_slashes=False,
-        redirect_defaults=False,
-    )
+    app = GatewayFlask("gateway", static_folder=None)
     app.gateway = Gateway(config)
-
-    @app.errorhandler(Exception)
-    def _any_error(exc: Exception) -> Response:
-        # Only reached by failures outside Gateway.handle (e.g. in Flask itself).
-        request_id = request.headers.get("X-Request-ID", "") or "-"
-        if isinstance(exc, HTTPException):
-            return http_exception_response(exc, instance=request.path, request_id=request_id)
-        log.exception("unhandled error outside the gateway")
-        return render(
-            {
-                "type": "about:blank",
-                "title": "Internal Server Error",
-                "status": 500,
-                "detail": "The gateway failed to handle the request.",
-                "instance": request.path,
-                "code": "internal_error",
-                "request_id": request_id,
-            },
-            500,
-        )
-
     return app

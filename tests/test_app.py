@@ -260,6 +260,25 @@ def test_unexpected_exception_is_a_bare_500_problem(
     assert "Traceback" not in response.get_data(as_text=True)
 
 
+def test_failure_before_routing_is_still_a_500_problem(
+    app: Flask, client: FlaskClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Building the request context happens before Gateway.handle's own error handling.
+    def explode(req: object, request_id: str) -> None:
+        raise RuntimeError("secret-host.internal exploded")
+
+    gateway: Gateway = app.gateway  # type: ignore[attr-defined]
+    monkeypatch.setattr(gateway, "context", explode)
+    response = client.get("/api/v1/users/1?x=1", headers={"X-Request-ID": "outer-1"})
+    assert response.status_code == 500
+    assert response.headers["Content-Type"] == "application/problem+json"
+    body = json.loads(response.get_data())
+    assert body["code"] == "internal_error"
+    assert body["request_id"] == "outer-1"
+    assert body["instance"] == "/api/v1/users/1"
+    assert "secret-host" not in response.get_data(as_text=True)
+
+
 def test_upstream_answer_is_relayed(client: FlaskClient, upstream: respx.MockRouter) -> None:
     response = client.get("/api/v1/users/7")
     assert response.status_code == 200
