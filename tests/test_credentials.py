@@ -685,6 +685,34 @@ def test_the_cache_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(seen) == 3
 
 
+def test_already_verified_vouches_only_for_remembered_unexpired_tokens(
+    monkeypatch: pytest.MonkeyPatch, hs_verifier: JwtVerifier
+) -> None:
+    seen = count_verifications(monkeypatch, hs_verifier)
+    exp = int(time.time()) + 300
+    token = mint(exp=exp)
+    assert hs_verifier.already_verified(token) is None  # it never verifies by itself
+    assert seen == []
+    identity = hs_verifier.verify(token)
+    assert hs_verifier.already_verified(token) == identity
+    assert hs_verifier.already_verified(mint(sub="user-2")) is None
+    assert hs_verifier.already_verified(token + "x") is None
+    for odd in ("", "x" * (MAX_TOKEN_BYTES + 1), "t\u00f6ken.a.b"):
+        assert hs_verifier.already_verified(odd) is None
+    wall = fake_wall_clock(monkeypatch, exp - 1)
+    assert hs_verifier.already_verified(token) == identity
+    wall.now = exp  # never past exp, as verify()
+    assert hs_verifier.already_verified(token) is None
+    assert len(seen) == 1
+
+
+def test_already_verified_knows_nothing_with_the_cache_off() -> None:
+    verifier = JwtVerifier(settings(verified_token_cache=0))
+    token = mint()
+    verifier.verify(token)
+    assert verifier.already_verified(token) is None
+
+
 # --- ApiKeyRing ------------------------------------------------------------------------------
 
 

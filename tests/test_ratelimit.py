@@ -31,7 +31,7 @@ from gateway.config.load import parse_rate_limits
 from gateway.config.model import RateLimit, RateLimitSettings
 from gateway.policies.ratelimit import limit_headers
 from gateway.ratelimit import Counters, StorageUnavailable, Verdict, make_storage
-from tests.integration.redis_support import require_shared_redis
+from tests.integration.redis_support import command_log, delete_counters, require_shared_redis
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
 STORAGES = ["memory", "redis"]
@@ -402,6 +402,78 @@ def test_guard_counts_refused_api_keys_but_not_missing_credentials(
     problem(get(guarded, "/secure", noisy, **{"X-API-Key": SERVICE_KEY}), 429, "rate_limited")
     # Public routes do not look at credentials, so the guard does not apply there.
     assert get(guarded, "/open", noisy).status_code == 200
+
+
+def test_guard_spares_a_token_this_worker_already_verified(
+    guarded: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    """A token in the verified-token cache carries a valid signature, so it cannot be
+    a guess; everything else from a blocked address is still refused before its
+    credentials are looked at."""
+    ip = address()
+    known = f"Bearer {valid_token()}"
+    assert get(guarded, "/secure", ip, Authorization=known).status_code == 200
+    for _ in range(3):
+        problem(
+            get(guarded, "/secure", ip, Authorization=f"Bearer {forged_token()}"),
+            401,
+            "unauthorized",
+        )
+    assert get(guarded, "/secure", ip, Authorization=known).status_code == 200
+    calls = upstream.calls.call_count
+    for headers in (
+        {"Authorization": f"Bearer {valid_token()}"},
+        {"X-API-Key": SERVICE_KEY},
+        {"Authorization": f"Bearer {forged_token()}"},
+        {"Authorization": "Bearer "},
+        {},
+    ):
+        blocked = get(guarded, "/secure", ip, **headers)
+        problem(blocked, 429, "rate_limited")
+        assert "WWW-Authenticate" not in blocked.headers
+    assert upstream.calls.call_count == calls
+
+
+def test_a_request_costs_one_storage_call_and_the_guard_one_more_unless_spared(
+    upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On Redis: the route's limits, however many, are one call; the guard's check is
+    one more, skipped for a token this worker already verified."""
+    name = "counted-" + uuid.uuid4().hex
+    url = require_shared_redis()
+    text = config_text(url) + (
+        f"  - name: {name}\n"
+        f"    path: /{name}\n"
+        "    methods: [GET]\n"
+        "    upstream: backend\n"
+        "    auth: [jwt, api_key]\n"
+        "    rate_limit: [3/minute, 100/hour]\n"
+    )
+    for client in make_client(text):
+        gateway = client.application.gateway  # type: ignore[attr-defined]
+        sent = command_log(gateway.counters, monkeypatch)
+        ip = address()
+        token = f"Bearer {valid_token()}"
+
+        assert get(client, "/open", ip).status_code == 200
+        assert sent.take() == ["EVALSHA"]  # a public route: the limit alone
+        assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
+        assert sent.take() == ["EVALSHA", "EVALSHA"]  # a new token: the guard, the limits
+        assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
+        assert sent.take() == ["EVALSHA"]  # verified before: the limits alone
+        assert get(client, f"/{name}", ip, **{"X-API-Key": SERVICE_KEY}).status_code == 200
+        assert sent.take() == ["EVALSHA", "EVALSHA"]  # an API key always meets the guard
+        problem(get(client, f"/{name}", ip), 401, "unauthorized")
+        assert sent.take() == ["EVALSHA"]  # the guard; nothing sent is nothing counted
+        problem(get(client, f"/{name}", ip, Authorization="Bearer x.y.z"), 401, "unauthorized")
+        assert sent.take() == ["EVALSHA", "EVALSHA"]  # the guard, then the failure counted
+        assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
+        assert sent.take() == ["EVALSHA"]
+        refused = get(client, f"/{name}", ip, Authorization=token)
+        problem(refused, 429, "rate_limited")  # the fourth of 3/minute for user:<sub>
+        assert refused.headers["X-RateLimit-Remaining"] == "0"
+        assert sent.take() == ["EVALSHA"]
+    delete_counters(url, name)
 
 
 def test_guard_is_off_with_an_empty_auth_failures_list(upstream: respx.MockRouter) -> None:

@@ -104,6 +104,17 @@ class JwtVerifier:
         self._remember(digest, claims, identity)
         return identity
 
+    def already_verified(self, token: str) -> Identity | None:
+        """The identity of a token this verifier has verified before and whose exp has
+        not passed, from the cache alone; None for any other token. A token found here
+        carries a valid signature, so it cannot be a guess: the brute-force guard may
+        let it pass without asking the rate-limit storage."""
+        if self._verified is None or not token or len(token) > MAX_TOKEN_BYTES:
+            return None
+        if not token.isascii():  # verify() accepts only base64url, never cached otherwise
+            return None
+        return self._remembered(hashlib.sha256(token.encode("ascii")).digest())
+
     def _remembered(self, digest: bytes) -> Identity | None:
         if self._verified is None:
             return None

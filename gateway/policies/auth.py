@@ -53,20 +53,26 @@ class Authenticate:
         self.guard = guard
 
     def on_request(self, ctx: RequestContext) -> Response | None:
-        if self.guard is not None:
-            self.guard.check(ctx)  # 429 before any credential is looked at
+        token: str | None = None
+        if self.verifier is not None:
+            token = _bearer_token(ctx.request.headers.get("Authorization", ""))
+            if token:
+                ctx.identity = self.verifier.already_verified(token)
+        if ctx.identity is None and self.guard is not None:
+            # 429 before any credential is looked at. A token this worker has already
+            # verified (and whose exp has not passed) is spared the storage round trip:
+            # it carries a valid signature, so it cannot be a guess.
+            self.guard.check(ctx)
         token_error: str | None = None
         key_presented = False
         keys_unavailable: KeysUnavailable | None = None
-        if self.verifier is not None:
-            token = _bearer_token(ctx.request.headers.get("Authorization", ""))
-            if token is not None:
-                try:
-                    ctx.identity = self.verifier.verify(token)
-                except InvalidToken as exc:
-                    token_error = exc.reason
-                except KeysUnavailable as exc:
-                    keys_unavailable = exc  # an API key may still let the caller in
+        if self.verifier is not None and token is not None and ctx.identity is None:
+            try:
+                ctx.identity = self.verifier.verify(token)
+            except InvalidToken as exc:
+                token_error = exc.reason
+            except KeysUnavailable as exc:
+                keys_unavailable = exc  # an API key may still let the caller in
         if ctx.identity is None and self.keyring is not None:
             presented = ctx.request.headers.get(self.keyring.header)
             key_presented = bool(presented)
@@ -128,7 +134,9 @@ def _bearer_token(authorization: str) -> str | None:
 
 class FailureGuard:
     """Brute-force guard: refused credentials count per client address; an address
-    over `rate_limits.auth_failures` gets 429 before its credentials are checked."""
+    over `rate_limits.auth_failures` gets 429 before its credentials are checked,
+    unless it presents a bearer token this worker has already verified (Authenticate
+    skips the check for those). Each check and each count is one storage call."""
 
     BUCKET = "gateway:auth-failures"  # ":" cannot occur in a route or bucket name
 

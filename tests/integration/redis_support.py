@@ -17,12 +17,16 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
+
+from gateway.config.model import RateLimit
+from gateway.ratelimit import Counters
 
 from .support import (
     LOOPBACK,
@@ -90,6 +94,43 @@ def counter_keys(url: str, bucket: str) -> set[str]:
         client.close()
 
 
+def delete_counters(url: str, bucket: str) -> None:
+    """Deletes every counter under `bucket`, a bucket of the caller's own: limits'
+    keys LIMITS:LIMITER/<bucket>/... and, for the sliding window, LIMITS:{LIMITER/<bucket>/...}."""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        for pattern in (f"{KEY_PREFIX}{bucket}/*", f"LIMITS:{{LIMITER/{bucket}/*"):
+            for key in client.scan_iter(match=pattern, count=1000):
+                client.delete(key)
+    finally:
+        client.close()
+
+
+class CommandLog:
+    """The commands a Redis client sends, by name, from the moment it is wrapped."""
+
+    def __init__(self, client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.sent: list[str] = []
+        real: Callable[..., Any] = client.execute_command
+
+        def counting(*args: Any, **options: Any) -> Any:
+            self.sent.append(str(args[0]).upper())
+            return real(*args, **options)
+
+        monkeypatch.setattr(client, "execute_command", counting)
+
+    def take(self) -> list[str]:
+        sent, self.sent = self.sent, []
+        return sent
+
+
+def command_log(counters: Counters, monkeypatch: pytest.MonkeyPatch) -> CommandLog:
+    """Counts what `counters` sends, once its script is known to the server (the very
+    first call of a script costs a SCRIPT LOAD more)."""
+    counters.test((RateLimit("1/second", 1, 1),), "test-warm-up", uuid.uuid4().hex)
+    return CommandLog(counters.storage.get_connection(), monkeypatch)
+
+
 # -- a private redis-server --------------------------------------------------------------
 
 
@@ -101,6 +142,8 @@ class OwnRedis:
     port: int = 0
     process: subprocess.Popen[bytes] | None = None
     stopped: bool = False
+    config_file: Path | None = None  # read first; the options below override it
+    extra_args: tuple[str, ...] = ()
 
     @property
     def url(self) -> str:
@@ -118,6 +161,7 @@ class OwnRedis:
             self.process = subprocess.Popen(
                 [
                     binary,
+                    *([str(self.config_file)] if self.config_file is not None else []),
                     "--port",
                     str(self.port),
                     "--bind",
@@ -128,6 +172,7 @@ class OwnRedis:
                     "no",
                     "--daemonize",
                     "no",
+                    *self.extra_args,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -188,6 +233,37 @@ class OwnRedis:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait(timeout=5)
+
+
+def start_own_cluster(workdir: Path) -> OwnRedis:
+    """A one-node Redis Cluster in `workdir` (its nodes.conf lands there): every slot
+    on one server, which still refuses a command whose keys span two slots, as a
+    cluster of many nodes does. The caller closes it."""
+    # The bus port is named: by default it is the port + 10000, past 65535 for many
+    # of the ports free_port() hands out.
+    bus = ("--cluster-port", str(free_port()))
+    node = OwnRedis(workdir, extra_args=("--cluster-enabled", "yes", *bus)).start()
+    client = redis.Redis(host=LOOPBACK, port=node.port, socket_timeout=2)
+    try:
+        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+        ends = time.monotonic() + 10
+        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+            if time.monotonic() > ends:
+                node.close()
+                raise RuntimeError(f"the one-node cluster on port {node.port} is not ok")
+            time.sleep(0.05)
+    finally:
+        client.close()
+    return node
+
+
+def start_own_sentinel(workdir: Path, primary: OwnRedis, service: str) -> OwnRedis:
+    """A Redis Sentinel that names `primary` as the primary of `service` (a quorum
+    of one). The caller closes it."""
+    port = free_port()
+    config = workdir / f"sentinel-{port}.conf"  # Sentinel rewrites its file: one each
+    config.write_text(f"sentinel monitor {service} {LOOPBACK} {primary.port} 1\n")
+    return OwnRedis(workdir, port=port, config_file=config, extra_args=("--sentinel",)).start()
 
 
 # -- gateways with rate limits -----------------------------------------------------------
