@@ -3,8 +3,20 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from werkzeug.exceptions import MethodNotAllowed as WerkzeugMethodNotAllowed
+from werkzeug.exceptions import NotFound as WerkzeugNotFound
+from werkzeug.routing import Map, Rule
 
-from gateway.paths import PathTemplate, Segment, TemplateError, unsafe_path_reason
+from gateway.paths import (
+    NoMatch,
+    PathMatcher,
+    PathTemplate,
+    Segment,
+    TemplateError,
+    unsafe_path_reason,
+)
 
 # --- PathTemplate.parse -----------------------------------------------------------------
 
@@ -253,3 +265,122 @@ def test_path_tricks_are_refused(path: str, reason: str) -> None:
     found = unsafe_path_reason(path)
     assert found is not None
     assert reason in found
+
+
+# --- PathMatcher: werkzeug's routing, without its URL builders ----------------------------
+
+
+def werkzeug_outcome(
+    entries: list[tuple[str, list[str] | None]], path: str, method: str
+) -> tuple[object, ...]:
+    rules = [
+        Rule(PathTemplate.parse(text).werkzeug_rule, endpoint=index, methods=methods)
+        for index, (text, methods) in enumerate(entries)
+    ]
+    url_map = Map(rules, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
+    try:
+        endpoint, params = url_map.bind("gateway.invalid").match(path, method)
+    except WerkzeugMethodNotAllowed as exc:
+        return ("405", frozenset(exc.valid_methods or ()))
+    except WerkzeugNotFound:
+        return ("404",)
+    return (endpoint, dict(params))
+
+
+def matcher_outcome(
+    entries: list[tuple[str, list[str] | None]], path: str, method: str
+) -> tuple[object, ...]:
+    matcher: PathMatcher[int] = PathMatcher()
+    for index, (text, methods) in enumerate(entries):
+        matcher.add(PathTemplate.parse(text), index, methods)
+    try:
+        endpoint, params = matcher.match(path, method)
+    except NoMatch as exc:
+        return ("405", exc.allowed) if exc.allowed else ("404",)
+    return (endpoint, params)
+
+
+_LITERALS = ["a", "b", "me"]
+_template_segment = st.sampled_from([*_LITERALS, "{p}", "{q}", "{r:path}"])
+
+
+@st.composite
+def _templates(draw: st.DrawFn) -> str:
+    parts = draw(st.lists(_template_segment, max_size=4))
+    names = iter(["x0", "x1", "x2", "x3"])
+    out: list[str] = []
+    for part in parts:
+        if part == "{r:path}":
+            out.append(f"{{{next(names)}:path}}")
+            break
+        out.append(f"{{{next(names)}}}" if part.startswith("{") else part)
+    return "/" + "/".join(out)
+
+
+_entries = st.lists(
+    st.tuples(
+        _templates(),
+        st.one_of(
+            st.none(),
+            st.lists(st.sampled_from(["GET", "HEAD", "POST", "DELETE"]), min_size=1, max_size=2),
+        ),
+    ),
+    min_size=1,
+    max_size=8,
+)
+_paths = st.lists(st.sampled_from([*_LITERALS, "", "x", "a b", "x\ny", "\n"]), max_size=6).map(
+    lambda parts: "/".join(parts)
+) | st.lists(st.sampled_from([*_LITERALS, "", "x"]), max_size=5).map(
+    lambda parts: "/" + "/".join(parts)
+)
+
+
+@given(entries=_entries, path=_paths, method=st.sampled_from(["GET", "HEAD", "POST", "get", ""]))
+@settings(max_examples=1000, deadline=None)
+def test_matcher_agrees_with_werkzeug(
+    entries: list[tuple[str, list[str] | None]], path: str, method: str
+) -> None:
+    assert matcher_outcome(entries, path, method) == werkzeug_outcome(entries, path, method)
+
+
+@pytest.mark.parametrize(
+    ("path", "method"),
+    [
+        ("/", "GET"),
+        ("", "GET"),
+        ("//", "GET"),
+        ("/users/", "GET"),
+        ("/users/42/", "HEAD"),
+        ("/users/me", "PATCH"),
+        ("/users/42", "PATCH"),
+        ("/files/a/b/", "GET"),
+        ("/files//b", "GET"),
+        ("/files/\na", "GET"),
+        ("/files/a\nb", "GET"),
+        ("/files/x/meta", "GET"),
+        ("/files/x/meta/", "POST"),
+        ("///users", "POST"),
+    ],
+)
+def test_matcher_agrees_with_werkzeug_on_known_corners(path: str, method: str) -> None:
+    entries: list[tuple[str, list[str] | None]] = [
+        ("/", ["GET"]),
+        ("/users/{id}", ["GET"]),
+        ("/users", ["GET"]),
+        ("/users", ["POST"]),
+        ("/users/me", ["GET", "PATCH"]),
+        ("/files/{rest:path}", ["GET", "PUT"]),
+        ("/files/{name}/meta", ["GET"]),
+        ("/{any:path}", None),
+    ]
+    for table in (entries, entries[1:], entries[:-1]):
+        assert matcher_outcome(table, path, method) == werkzeug_outcome(table, path, method)
+
+
+def test_matcher_returns_parameters_by_name() -> None:
+    matcher: PathMatcher[str] = PathMatcher()
+    matcher.add(PathTemplate.parse("/users/{user_id}/files/{rest:path}"), "files", ["GET"])
+    assert matcher.match("/users/7/files/a/b c", "GET") == (
+        "files",
+        {"user_id": "7", "rest": "a/b c"},
+    )

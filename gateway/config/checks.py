@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable, Hashable, Iterator
 from datetime import UTC, datetime
 from ipaddress import ip_network
 from pathlib import Path as FilePath
@@ -18,16 +18,14 @@ from urllib.parse import urlsplit
 
 import jsonschema
 import limits
-from werkzeug.exceptions import MethodNotAllowed, NotFound
-from werkzeug.routing import Map, Rule
 
 from gateway.config.errors import ConfigProblem
-from gateway.config.schema import SCHEMA
+from gateway.config.schema import ROUTE, SCHEMA
 from gateway.config.source import Document, Path
 from gateway.credentials.keys import KeyFileError, key_fits, load_public_key
-from gateway.paths import PathTemplate, TemplateError
+from gateway.paths import NoMatch, PathMatcher, PathTemplate, TemplateError
 
-_VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+_ROUTE_VALUE_SCHEMAS = {id(subschema) for subschema in ROUTE["properties"].values()}
 _HS_MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: a key at least as long as the hash output
 # The storages whose client ships with the gateway (redis-py covers all the Redis ones).
 _STORAGE_SCHEMES = {
@@ -49,8 +47,51 @@ def _display(path: Path) -> str:
     return out or "the top level"
 
 
+def _properties_remembering_valid_route_values() -> Callable[..., Iterator[Any]]:
+    """jsonschema's `properties` keyword, but a route's value that its subschema found
+    valid once is not validated again: the routes of a large table repeat the same
+    methods, auth, roles, limits and CORS settings, and the schema (no $ref, no
+    unevaluated*) judges a value alone, wherever it stands."""
+    valid: set[tuple[int, Hashable]] = set()
+
+    def properties(
+        validator: Any, properties: dict[str, Any], instance: Any, schema: Any
+    ) -> Iterator[Any]:
+        if not validator.is_type(instance, "object"):
+            return
+        for name, subschema in properties.items():
+            if name not in instance:
+                continue
+            value = instance[name]
+            if id(subschema) not in _ROUTE_VALUE_SCHEMAS:
+                yield from validator.descend(value, subschema, path=name, schema_path=name)
+                continue
+            key = (id(subschema), _frozen(value))
+            if key in valid:
+                continue
+            errors = list(validator.descend(value, subschema, path=name, schema_path=name))
+            if not errors:
+                valid.add(key)
+            yield from errors
+
+    return properties
+
+
+def _frozen(value: Any) -> Hashable:
+    """A hashable stand-in for JSON-like data; equal only for data of equal types."""
+    if isinstance(value, dict):
+        return (dict, tuple((key, _frozen(item)) for key, item in value.items()))
+    if isinstance(value, list):
+        return (list, tuple(_frozen(item) for item in value))
+    return (type(value), value)
+
+
 def schema_problems(document: Document) -> Iterator[ConfigProblem]:
-    for error in _VALIDATOR.iter_errors(document.data):
+    validator_class = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
+        jsonschema.Draft202012Validator,
+        validators={"properties": _properties_remembering_valid_route_values()},
+    )
+    for error in validator_class(SCHEMA).iter_errors(document.data):
         path = cast(Path, tuple(error.absolute_path))
         where = _display(path)
         kind = error.validator
@@ -511,19 +552,20 @@ class Checker:
         really build: if it lands elsewhere for one of the route's methods, that
         route can never be reached by such requests.
         """
-        url_map = _werkzeug_map((index, t, m) for index, t, m in compiled)
-        adapter = url_map.bind("gateway.invalid")
+        matcher: PathMatcher[int] = PathMatcher()
+        for index, template, methods in compiled:
+            matcher.add(template, index, methods)
         for index, template, methods in compiled:
             label = routes[index].get("name", f"routes[{index}]")
             for method in dict.fromkeys(methods):
                 try:
-                    winner, _ = adapter.match(template.example(), method)
-                except (NotFound, MethodNotAllowed):  # pragma: no cover - cannot happen
+                    winner, _ = matcher.match(template.example(), method)
+                except NoMatch:  # pragma: no cover - cannot happen
                     continue
                 if winner == index:
                     continue
-                other = routes[int(winner)]
-                line = self.doc.where(("routes", int(winner))).line
+                other = routes[winner]
+                line = self.doc.where(("routes", winner)).line
                 same = PathTemplate.parse(other["path"]).shape == template.shape
                 what = "the same method and path as" if same else "shadowed by"
                 self.fail(
@@ -532,11 +574,6 @@ class Checker:
                     f"{template.text} is {what} route {other.get('name')!r} (line "
                     f"{line})",
                 )
-
-
-def _werkzeug_map(entries: Iterator[tuple[int, PathTemplate, list[str]]] | Any) -> Map:
-    rules = [Rule(t.werkzeug_rule, endpoint=index, methods=m) for index, t, m in entries]
-    return Map(rules, strict_slashes=False, merge_slashes=False, redirect_defaults=False)
 
 
 def _public_key_problem(path: FilePath, algorithms: list[str]) -> str | None:
