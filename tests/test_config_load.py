@@ -334,6 +334,60 @@ def test_retries_above_the_maximum_are_refused() -> None:
     ]
 
 
+# --- large tables -----------------------------------------------------------------------
+
+
+def test_a_value_repeated_across_routes_is_reported_at_every_route() -> None:
+    # The schema check remembers values it found valid; a bad one is judged each time.
+    text = with_routes(
+        """\
+        - {name: a, path: /a, methods: [GET], upstream: users, auth: public}
+        - {name: b, path: /b, methods: [FETCH], upstream: users, auth: public}
+        - {name: c, path: /c, methods: [GET], upstream: users, auth: public}
+        - {name: d, path: /d, methods: [FETCH], upstream: users, auth: public}
+        """
+    )
+    assert problems(text) == [
+        "routes.yaml:7:35: routes[1].methods[0]: 'FETCH' is not one of: "
+        "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+        "routes.yaml:9:35: routes[3].methods[0]: 'FETCH' is not one of: "
+        "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS",
+    ]
+
+
+def test_ten_thousand_routes_with_every_policy_load() -> None:
+    # More than 100,000 values, written out rather than shared through aliases.
+    head = dedent(
+        """\
+        auth:
+          jwt: {issuer: i, audience: a, algorithms: [HS256], secret: %s}
+        """
+        % ("s" * 32)
+    )
+    route = (
+        "- name: r{i}\n"
+        "  path: /api/v1/svc{i}/items/{{item_id}}\n"
+        "  methods: [GET, POST]\n"
+        "  upstream: users\n"
+        "  upstream_path: /items/{{item_id}}\n"
+        "  auth: [jwt]\n"
+        "  roles: [admin, member]\n"
+        "  rate_limit: [10/second, 1000/minute]\n"
+        "  rate_limit_key: ip\n"
+        "  rate_limit_bucket: svc{i}\n"
+        "  cors: {{allow_origins: ['https://app.example.com'], max_age: 60}}\n"
+        "  deprecation: {{since: 2026-01-01, sunset: 2027-06-30, successor: /api/v2/x}}\n"
+    )
+    text = with_routes("".join(route.format(i=i) for i in range(10_000)), head)
+    config = load(text)
+    assert len(config.routes) == 10_000
+    last = config.routes[-1]
+    assert last.roles == ("admin", "member")
+    assert last.rate_limit == (RateLimit("10/second", 10, 1), RateLimit("1000/minute", 1000, 60))
+    assert last.cors is not None and last.cors.max_age == 60
+    assert last.location == Location(FILE, 6 + 9_999 * 12 + 2, 5)
+
+
 # --- collisions -------------------------------------------------------------------------
 
 

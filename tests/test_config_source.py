@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from gateway.config import ConfigError, ConfigProblem
+from gateway.config import ConfigError, ConfigProblem, source
 from gateway.config.source import Document, Position, parse
 
 FILE = "routes.yaml"
@@ -168,6 +171,116 @@ def test_an_alias_bomb_is_a_config_error_not_a_hang() -> None:
         rows.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
     (line,) = problems("\n".join(rows) + "\n")
     assert "expands to more than" in line
+
+
+def indent(text: str) -> str:
+    return "".join(f"  {line}\n" for line in text.splitlines())
+
+
+def test_an_alias_bomb_after_a_large_honest_part_is_refused_too() -> None:
+    # The room aliases get grows with what the file writes out, ten values per value.
+    honest = "".join(f"- {{name: r{i}, path: /r/{i}}}\n" for i in range(20_000))
+    rows = ["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    for name, prev in zip("bcdefg", "abcdef", strict=True):
+        rows.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    bomb = "".join(f"  {row}\n" for row in rows)
+    (line,) = problems(f"routes:\n{indent(honest)}bomb:\n{bomb}")
+    # 60,019 values written out (20,000 items of three, the bomb's own 19): ten each.
+    assert "expands to more than 600190 values through aliases" in line
+    assert "alias bomb" in line
+
+
+def test_a_large_file_that_shares_blocks_through_aliases_loads() -> None:
+    # More than 100,000 values written out, and more again reached through aliases:
+    # what a 10,000-route table whose routes share their policies looks like.
+    text = "shared: &shared {roles: [admin, member], limits: [10/second, 100/minute]}\n"
+    text += "routes:\n" + "".join(
+        f"  - {{name: r{i}, path: /r/{i}, methods: [GET], policies: *shared}}\n"
+        for i in range(25_000)
+    )
+    document = parse(text, FILE, {})
+    assert not document.problems
+    routes = document.data["routes"]
+    assert len(routes) == 25_000
+    assert routes[-1]["policies"] == {
+        "roles": ["admin", "member"],
+        "limits": ["10/second", "100/minute"],
+    }
+    # A value reached through an alias points at where it is written.
+    assert document.positions[("routes", 24_999, "policies", "roles", 1)] == Position(1, 33)
+
+
+# --- libyaml and PyYAML's own parser read alike ----------------------------------------
+
+_FRAGMENTS = [
+    "a",
+    "b: ",
+    "c:\n",
+    "  d: e\n",
+    "- ",
+    "- f\n",
+    "  - g\n",
+    "[h, i]",
+    "{j: k}",
+    "&x ",
+    "*x",
+    "&y ",
+    "*y",
+    "<<: ",
+    "'q'",
+    '"d\\n"',
+    "|\n  t\n",
+    ">-\n  f\n",
+    "# c\n",
+    "---\n",
+    "...\n",
+    "1",
+    "2.5",
+    "true",
+    "null",
+    "~",
+    "0x1F",
+    "2026-01-01",
+    "${X}",
+    "${Y:-3}",
+    "$${Z}",
+    "\u00e9",
+    "\u65e5",
+    "\r\n",
+    "\n",
+    "  ",
+    ": ",
+    ",",
+    "%YAML 1.1\n",
+    "/api/{id}",
+    "http://h:8080/p",
+    '"',
+    "'",
+]
+
+
+@pytest.mark.skipif(not yaml.__with_libyaml__, reason="PyYAML is built without libyaml")
+@given(st.lists(st.sampled_from(_FRAGMENTS), min_size=1, max_size=16).map("".join))
+@settings(max_examples=600, deadline=None)
+def test_libyaml_and_pyyaml_read_a_text_alike(text: str) -> None:
+    text += "\n"
+
+    def outcome() -> object:
+        try:
+            document = parse(text, FILE, {"X": "x"})
+        except ConfigError as error:
+            return [str(p) for p in error.problems]
+        return (
+            repr(document.data),
+            document.positions,
+            document.key_positions,
+            [str(p) for p in document.problems],
+        )
+
+    with_libyaml = outcome()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(source, "_LIBYAML_LOADER", None)
+        assert outcome() == with_libyaml
 
 
 # --- tags: only the YAML core types are ever built -----------------------------------

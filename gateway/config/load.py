@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path as FilePath
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import limits
 
@@ -40,6 +40,7 @@ from gateway.config.model import (
 from gateway.config.source import Document, parse
 
 DEFAULT_CONFIG_PATH = "routes.yaml"
+T = TypeVar("T")
 
 
 def resolve_config_path(explicit: str | None = None) -> str:
@@ -57,16 +58,28 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
 
 
 def load_config_text(text: str, file: str, environ: Mapping[str, str] | None = None) -> Config:
-    document = parse(text, file, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    # The position of every value takes more memory than the values themselves, and
+    # only a problem needs them: a file is read without them first, and again with
+    # them only when something is wrong. (The main process forks the workers from
+    # this heap: what it grows to here, each worker starts with.)
+    document = parse(text, file, environ, positions=False)
+    if not document.problems and not _problems_found_later(document):
+        return _build(document)
+    document = parse(text, file, environ)
     problems = list(document.problems)
     # A value that could not be read (unset ${VAR}, refused tag) is not reported again
     # by the checks that then see it empty.
     unreadable = {(p.line, p.column) for p in problems}
-    later = list(schema_problems(document)) + Checker(document).run()
+    later = _problems_found_later(document)
     problems += [p for p in later if (p.line, p.column) not in unreadable]
     if problems:
         raise ConfigError(problems)
-    return _build(document)
+    return _build(document)  # pragma: no cover - both reads find the same problems
+
+
+def _problems_found_later(document: Document) -> list[ConfigProblem]:
+    return list(schema_problems(document)) + Checker(document).run()
 
 
 def parse_rate_limits(texts: list[str]) -> tuple[RateLimit, ...]:
@@ -123,6 +136,13 @@ def _cors_settings(cors: dict[str, Any]) -> CorsSettings:
 def _build(document: Document) -> Config:
     data: dict[str, Any] = document.data
     file = document.file
+    # Equal parts of the model are interchangeable (it is immutable): routes share one
+    # ("GET",), one rate limit, one CORS setting... instead of one each.
+    shared: dict[Any, Any] = {}
+
+    def share(value: T) -> T:
+        return cast(T, shared.setdefault(value, value))
+
     gw = data.get("gateway", {})
     cors = data.get("cors", {})
     auth = data.get("auth", {})
@@ -180,17 +200,17 @@ def _build(document: Document) -> Config:
             Route(
                 name=r["name"],
                 path=r["path"],
-                methods=tuple(r["methods"]),
+                methods=share(tuple(r["methods"])),
                 upstream=r["upstream"],
                 upstream_path=_upstream_path(r),
-                auth=() if r["auth"] == "public" else tuple(dict.fromkeys(r["auth"])),
-                roles=tuple(r.get("roles", ())),
-                rate_limit=None if limits_text is None else parse_rate_limits(limits_text),
+                auth=share(() if r["auth"] == "public" else tuple(dict.fromkeys(r["auth"]))),
+                roles=share(tuple(r.get("roles", ()))),
+                rate_limit=(None if limits_text is None else share(parse_rate_limits(limits_text))),
                 rate_limit_key=r.get("rate_limit_key", "identity"),
                 rate_limit_bucket=r.get("rate_limit_bucket"),
-                cors=_cors_settings({**cors, **r["cors"]}) if "cors" in r else None,
-                deprecation=_deprecation(r.get("deprecation")),
-                versions=_versions(r.get("versions")),
+                cors=share(_cors_settings({**cors, **r["cors"]})) if "cors" in r else None,
+                deprecation=share(_deprecation(r.get("deprecation"))),
+                versions=share(_versions(r.get("versions"))),
                 location=Location(file, pos.line, pos.column),
             )
         )

@@ -1,8 +1,9 @@
 """routes.yaml text -> plain data, with the position of every node and ${ENV} applied.
 
-PyYAML's composer gives nodes with marks; we construct plain values ourselves so that
-nothing but the YAML core types can be built (a `!!python/...` tag is a problem, not
-code) and so that every key and value keeps its line and column for later messages.
+PyYAML's parser (libyaml's, where it reads the text alike) gives events with marks; we
+compose and construct plain values ourselves so that nothing but the YAML core types
+can be built (a `!!python/...` tag is a problem, not code) and so that every key and
+value keeps its line and column for later messages.
 """
 
 from __future__ import annotations
@@ -68,92 +69,289 @@ class Document:
         return ConfigProblem(self.file, pos.line, pos.column, message)
 
 
-def _position(node: yaml.Node) -> Position:
-    return Position(node.start_mark.line + 1, node.start_mark.column + 1)
+# An event or mark of either parser: PyYAML's and libyaml's are classes of their own.
+_Event = Any
+_Mark = Any
 
 
-MAX_NODES = 100_000
+def _position(mark: _Mark) -> Position:
+    return Position(mark.line + 1, mark.column + 1)
+
+
+# Aliases can make a small file expand without end ("billion laughs"). Values reached
+# through aliases may number this many, or ALIAS_RATIO per value written out in the
+# file, whichever is more: an honest file that shares a block of policies between its
+# routes stays well inside, and a bomb stops long before it fills the memory.
+MAX_ALIAS_VALUES = 100_000
+ALIAS_RATIO = 10
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_STR_TAG = "tag:yaml.org,2002:str"
+# libyaml reads a few corners of YAML differently from PyYAML's own parser: tabs, "!"
+# tags, "?" in flow collections, a byte order mark inside the text, a comment glued
+# to a block scalar's header, the end of a text without a final newline, and where it
+# places an empty value in a flow collection (`{a: , b: 1}`). Where the text may hold
+# any of these, PyYAML's parser reads it, so that both read every document alike;
+# tests/test_config_source.py holds the two against each other.
+_LIBYAML_DIFFERS = re.compile(r"[\t!?\ufeff]|[|>][-+0-9]*#|:(?:\s|#[^\n]*)*[,\]}]")
+_LIBYAML_LOADER: type[Any] | None = getattr(yaml, "CSafeLoader", None)
 
 
 class _TooLarge(Exception):
-    def __init__(self, node: yaml.Node) -> None:
-        self.node = node
+    def __init__(self, mark: _Mark, limit: int) -> None:
+        self.mark = mark
+        self.limit = limit
+
+
+class _Unreadable(Exception):
+    """A problem PyYAML's composer words (an undefined or repeated anchor, a second
+    document): parse() lets the composer report it as it always has."""
+
+
+class _Events:
+    """The parser's events, each also kept for every anchored node still open."""
+
+    def __init__(self, parser: Any) -> None:
+        self._get = parser.get_event
+        self.peek = parser.peek_event
+        self.recording: list[list[_Event]] = []
+
+    def next(self) -> _Event:
+        event = self._get()
+        for events in self.recording:
+            events.append(event)
+        return event
+
+
+class _Replay:
+    """The events of an anchored node again, for an alias of it."""
+
+    def __init__(self, events: list[_Event]) -> None:
+        self.next = iter(events).__next__
 
 
 class _Builder:
-    def __init__(self, file: str, environ: Mapping[str, str]) -> None:
+    """Plain data and positions straight from the parser's events.
+
+    It composes as PyYAML's composer does (anchors, aliases, one document) without
+    keeping a node per value: a 10,000-route file would otherwise hold about 40 MB of
+    nodes at once, memory the gateway's main process keeps and its workers inherit.
+    """
+
+    def __init__(
+        self, file: str, environ: Mapping[str, str], loader: Any, *, positions: bool
+    ) -> None:
         self.file = file
         self.environ = environ
         self.problems: list[ConfigProblem] = []
         self.positions: dict[Path, Position] = {}
         self.key_positions: dict[Path, Position] = {}
-        self._resolver = yaml.SafeLoader("")
-        self._building: set[int] = set()  # ids of the collections being built now
-        self._nodes = 0
+        # Without `positions`, only those of the top two levels (each route's) are kept.
+        self._depth = None if positions else 2
+        self._loader = loader  # also the resolver and constructor of plain scalars
+        self._events = _Events(loader)
+        self._anchors: dict[str, list[_Event]] = {}
+        self._building: set[str] = set()  # anchors of the collections being built now
+        self._written = 0
+        self._aliased = 0
+        # One string per distinct text, and the tag of each distinct plain scalar:
+        # keys and values repeat in every route.
+        self._strings: dict[str, str] = {}
+        self._plain_tags: dict[str, str] = {}
 
-    def fail(self, node: yaml.Node, message: str) -> None:
-        pos = _position(node)
+    def fail(self, mark: _Mark, message: str) -> None:
+        pos = _position(mark)
         self.problems.append(ConfigProblem(self.file, pos.line, pos.column, message))
 
-    def build(self, node: yaml.Node, path: Path) -> Any:
-        self._nodes += 1
-        if self._nodes > MAX_NODES:
-            # Aliases can make a small file expand without end ("billion laughs").
-            raise _TooLarge(node)
-        self.positions[path] = _position(node)
-        if isinstance(node, yaml.ScalarNode):
-            return self._scalar(node)
-        if id(node) in self._building:
-            self.fail(node, "an alias refers to a collection that contains it")
-            return None
-        self._building.add(id(node))
-        try:
-            if isinstance(node, yaml.MappingNode):
-                return self._mapping(node, path)
-            assert isinstance(node, yaml.SequenceNode)
-            if node.tag != _SEQ_TAG:
-                self.fail(node, f"tag {node.tag!r} is not allowed (plain YAML only)")
-                return None
-            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        finally:
-            self._building.discard(id(node))
+    def document(self) -> Any:
+        """The one document's data; ConfigError for an empty file."""
+        events = self._events
+        events.next()  # stream start
+        if isinstance(events.peek(), yaml.StreamEndEvent):
+            raise ConfigError([ConfigProblem(self.file, 1, 1, "the file is empty")])
+        events.next()  # document start
+        data = self._node(events, events.next(), (), build=True)
+        events.next()  # document end
+        if not isinstance(events.peek(), yaml.StreamEndEvent):
+            raise _Unreadable  # a second document
+        return data
 
-    def _mapping(self, node: yaml.MappingNode, path: Path) -> Any:
-        if node.tag != _MAP_TAG:
-            self.fail(node, f"tag {node.tag!r} is not allowed (plain YAML only)")
+    def _node(self, events: _Events | _Replay, event: _Event, path: Path, *, build: bool) -> Any:
+        """The value of the node `event` starts (None when not `build`: the node's
+        events are only read)."""
+        anchor = event.anchor
+        if isinstance(event, yaml.AliasEvent):
+            recorded = self._anchors.get(anchor)
+            if recorded is None:
+                raise _Unreadable  # an alias of no anchor
+            return self._alias(recorded, path) if build else None
+        recording = None
+        if anchor is not None and isinstance(events, _Events):
+            if anchor in self._anchors:
+                raise _Unreadable  # an anchor defined twice
+            recording = self._anchors[anchor] = [event]
+        if isinstance(event, yaml.ScalarEvent):
+            if not build:
+                return None
+            self._count(event, aliased=isinstance(events, _Replay))
+            self._place(path, event)
+            return self._scalar(event)
+        if recording is None:
+            return self._collection(events, event, path, build=build)
+        assert isinstance(events, _Events)
+        events.recording.append(recording)
+        try:
+            return self._collection(events, event, path, build=build)
+        finally:
+            events.recording.remove(recording)
+
+    def _alias(self, recorded: list[_Event], path: Path) -> Any:
+        first = recorded[0]
+        if first.anchor in self._building:
+            self._count(first, aliased=True)
+            self._place(path, first)
+            self.fail(first.start_mark, "an alias refers to a collection that contains it")
             return None
+        replay = _Replay(recorded)
+        return self._node(replay, replay.next(), path, build=True)
+
+    def _place(self, path: Path, event: _Event) -> None:
+        if self._depth is None or len(path) <= self._depth:
+            self.positions[path] = _position(event.start_mark)
+
+    def _count(self, event: _Event, *, aliased: bool) -> None:
+        if not aliased:
+            self._written += 1
+            return
+        self._aliased += 1
+        limit = max(MAX_ALIAS_VALUES, ALIAS_RATIO * self._written)
+        if self._aliased > limit:
+            raise _TooLarge(event.start_mark, limit)
+
+    def _collection(
+        self, events: _Events | _Replay, start: _Event, path: Path, *, build: bool
+    ) -> Any:
+        mapping = isinstance(start, yaml.MappingStartEvent)
+        end = yaml.MappingEndEvent if mapping else yaml.SequenceEndEvent
+        if build:
+            self._count(start, aliased=isinstance(events, _Replay))
+            self._place(path, start)
+            tag = start.tag
+            if tag is None or tag == "!":
+                tag = _MAP_TAG if mapping else _SEQ_TAG
+            if tag != (_MAP_TAG if mapping else _SEQ_TAG):
+                self.fail(start.start_mark, f"tag {tag!r} is not allowed (plain YAML only)")
+                build = False
+        if not build:
+            event = events.next()
+            while not isinstance(event, end):
+                self._node(events, event, path, build=False)
+                event = events.next()
+            return None
+        anchor = start.anchor
+        if anchor is not None:
+            self._building.add(anchor)
+        try:
+            if mapping:
+                return self._mapping(events, path)
+            items: list[Any] = []
+            event = events.next()
+            while not isinstance(event, yaml.SequenceEndEvent):
+                items.append(self._node(events, event, (*path, len(items)), build=True))
+                event = events.next()
+            return items
+        finally:
+            if anchor is not None:
+                self._building.discard(anchor)
+
+    def _mapping(self, events: _Events | _Replay, path: Path) -> dict[str, Any]:
         result: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
-                self.fail(key_node, "merge keys (<<) are not supported; write the keys out")
-                continue
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag not in _CORE_TAGS:
-                self.fail(key_node, "mapping keys must be plain strings")
-                continue
-            key = str(key_node.value)
-            if key in result:
-                first = self.key_positions[(*path, key)]
-                self.fail(key_node, f"duplicate key {key!r} (first at line {first.line})")
-                continue
-            self.key_positions[(*path, key)] = _position(key_node)
-            result[key] = self.build(value_node, (*path, key))
+        event = events.next()
+        while not isinstance(event, yaml.MappingEndEvent):
+            key_event, key_tag = self._key(events, event)
+            if key_tag == _MERGE_TAG:
+                self.fail(
+                    key_event.start_mark, "merge keys (<<) are not supported; write the keys out"
+                )
+                self._node(events, events.next(), path, build=False)
+            elif key_tag not in _CORE_TAGS:
+                self.fail(key_event.start_mark, "mapping keys must be plain strings")
+                self._node(events, events.next(), path, build=False)
+            else:
+                key = self._string(str(key_event.value))
+                if key in result:
+                    # Without positions the message is never shown: a problem makes
+                    # the caller read the text again with them.
+                    first = self.key_positions.get((*path, key), Position(0, 0))
+                    self.fail(
+                        key_event.start_mark,
+                        f"duplicate key {key!r} (first at line {first.line})",
+                    )
+                    self._node(events, events.next(), path, build=False)
+                else:
+                    if self._depth is None or len(path) < self._depth:
+                        self.key_positions[(*path, key)] = _position(key_event.start_mark)
+                    result[key] = self._node(events, events.next(), (*path, key), build=True)
+            event = events.next()
         return result
 
-    def _scalar(self, node: yaml.ScalarNode) -> Any:
-        if node.tag == _TIMESTAMP_TAG:
+    def _key(self, events: _Events | _Replay, event: _Event) -> tuple[_Event, str | None]:
+        """A key's node (an alias's anchored one) and its tag; None for a collection."""
+        anchor = event.anchor
+        if isinstance(event, yaml.AliasEvent):
+            recorded = self._anchors.get(anchor)
+            if recorded is None:
+                raise _Unreadable  # an alias of no anchor
+            event = recorded[0]
+        elif anchor is not None or not isinstance(event, yaml.ScalarEvent):
+            self._node(events, event, (), build=False)  # its anchor, a collection's events
+        return event, self._tag(event) if isinstance(event, yaml.ScalarEvent) else None
+
+    def _tag(self, event: _Event) -> str:
+        tag: str | None = event.tag
+        if tag is None or tag == "!":
+            value = event.value
+            implicit = event.implicit
+            if implicit[0]:
+                # A plain scalar's tag follows from its text alone.
+                tag = self._plain_tags.get(value)
+                if tag is None:
+                    tag = self._plain_tags[value] = self._loader.resolve(
+                        yaml.ScalarNode, value, implicit
+                    )
+            else:
+                tag = self._loader.resolve(yaml.ScalarNode, value, implicit)
+        assert tag is not None
+        return tag
+
+    def _string(self, text: str) -> str:
+        return self._strings.setdefault(text, text)
+
+    def _construct(self, tag: str, value: str, event: _Event | None = None) -> Any:
+        if tag == _STR_TAG:
+            return self._string(value)
+        node = yaml.ScalarNode(tag, value, event.start_mark if event else None)
+        return self._loader.yaml_constructors[tag](self._loader, node)
+
+    def _scalar(self, event: _Event) -> Any:
+        tag = self._tag(event)
+        if tag == _TIMESTAMP_TAG:
             # An unquoted date (a Sunset date, say) stays the text it was written as.
-            return self._interpolate(node, node.value) if "$" in node.value else node.value
-        if node.tag not in _CORE_TAGS:
-            self.fail(node, f"tag {node.tag!r} is not allowed (plain YAML only)")
+            text = self._string(event.value)
+            return self._interpolate(event, text) if "$" in text else text
+        if tag not in _CORE_TAGS:
+            self.fail(event.start_mark, f"tag {tag!r} is not allowed (plain YAML only)")
             return None
-        value = self._resolver.construct_object(node)
+        value = self._construct(tag, event.value, event)
         if isinstance(value, str) and "$" in value:
-            return self._interpolate(node, value)
+            return self._interpolate(event, value)
         return value
 
-    def _interpolate(self, node: yaml.ScalarNode, text: str) -> Any:
+    def _interpolate(self, event: _Event, text: str) -> Any:
         if _UNCLOSED_REF.search(text):
-            self.fail(node, "malformed ${...} reference; write ${NAME} or ${NAME:-default}")
+            self.fail(
+                event.start_mark, "malformed ${...} reference; write ${NAME} or ${NAME:-default}"
+            )
             return text
         missing: list[str] = []
 
@@ -172,28 +370,92 @@ class _Builder:
 
         result = _ENV_REF.sub(replace, text)
         for name in missing:
-            self.fail(node, f"environment variable {name} is not set and has no default")
-        if node.style is None and _ENV_REF.fullmatch(text.strip()):
+            self.fail(
+                event.start_mark, f"environment variable {name} is not set and has no default"
+            )
+        # libyaml calls a plain scalar's style "", PyYAML's parser None.
+        if not event.style and _ENV_REF.fullmatch(text.strip()):
             # A plain scalar that is one reference, e.g. `retries: ${RETRIES:-1}`, takes
             # the type its value would have had if written literally.
             return self._retype(result)
         return result
 
     def _retype(self, text: str) -> Any:
-        tag = self._resolver.resolve(yaml.ScalarNode, text, (True, False))  # type: ignore[no-untyped-call]
+        tag = self._loader.resolve(yaml.ScalarNode, text, (True, False))
         # Numbers and booleans only: an empty value stays "", never null.
         if tag in _CORE_TAGS and tag != "tag:yaml.org,2002:null":
-            return self._resolver.construct_object(yaml.ScalarNode(tag, text))
+            return self._construct(tag, text)
         return text
 
 
-def parse(text: str, file: str, environ: Mapping[str, str]) -> Document:
+def parse(text: str, file: str, environ: Mapping[str, str], *, positions: bool = True) -> Document:
     """Parse YAML text into a Document carrying the problems found while reading it.
+
+    Without `positions`, only the positions of the top two levels are kept (where each
+    route starts): enough for a file without problems, in a fraction of the memory.
+    Problems are then not placed exactly; read the text again with positions to
+    report them.
 
     Raises ConfigError only when the text cannot be read as YAML at all.
     """
+    body = text[1:] if text.startswith("\ufeff") else text
+    if _LIBYAML_LOADER is not None and text.endswith("\n") and not _LIBYAML_DIFFERS.search(body):
+        # libyaml parses many times faster than PyYAML's own parser. Whatever it
+        # refuses, PyYAML's parser reads again, so a problem is worded as always.
+        try:
+            return _read(text, file, environ, _LIBYAML_LOADER, positions)
+        except (yaml.YAMLError, UnicodeError, _Unreadable):
+            pass
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        return _read(text, file, environ, yaml.SafeLoader, positions)
+    except (yaml.YAMLError, _Unreadable):
+        _raise_composer_problem(text, file)
+        raise  # pragma: no cover - the composer refuses what the reader refused
+
+
+def _read(
+    text: str,
+    file: str,
+    environ: Mapping[str, str],
+    loader_class: type[Any],
+    positions: bool,
+) -> Document:
+    loader = loader_class(text)
+    try:
+        builder = _Builder(file, environ, loader, positions=positions)
+        try:
+            data = builder.document()
+        except _TooLarge as exc:
+            # A problem of the text itself comes first, as when it was composed whole.
+            _raise_composer_problem(text, file, loader_class)
+            pos = _position(exc.mark)
+            message = (
+                f"the document expands to more than {exc.limit} values through aliases "
+                f"({ALIAS_RATIO} per value written out, at least {MAX_ALIAS_VALUES}); "
+                "an alias bomb?"
+            )
+            raise ConfigError([ConfigProblem(file, pos.line, pos.column, message)]) from None
+    finally:
+        loader.dispose()
+    return Document(file, data, builder.positions, builder.key_positions, builder.problems)
+
+
+def _raise_composer_problem(
+    text: str, file: str, loader_class: type[Any] = yaml.SafeLoader
+) -> None:
+    """ConfigError for whatever PyYAML's composer refuses in the text, if anything.
+
+    `loader_class` may say there is nothing to refuse, faster; PyYAML's own composer
+    words any problem.
+    """
+    if loader_class is not yaml.SafeLoader:
+        try:
+            yaml.compose(text, Loader=loader_class)
+            return
+        except (yaml.YAMLError, UnicodeError):
+            pass
+    try:
+        yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -201,13 +463,3 @@ def parse(text: str, file: str, environ: Mapping[str, str]) -> Document:
         raise ConfigError([ConfigProblem(file, line, col, f"malformed YAML: {reason}")]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigProblem(file, 1, 1, f"malformed YAML: {exc}")]) from None
-    if root is None:
-        raise ConfigError([ConfigProblem(file, 1, 1, "the file is empty")])
-    builder = _Builder(file, environ)
-    try:
-        data = builder.build(root, ())
-    except _TooLarge as exc:
-        pos = _position(exc.node)
-        message = f"the document expands to more than {MAX_NODES} values (aliases?)"
-        raise ConfigError([ConfigProblem(file, pos.line, pos.column, message)]) from None
-    return Document(file, data, builder.positions, builder.key_positions, builder.problems)
