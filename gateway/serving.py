@@ -6,6 +6,7 @@ The same settings serve `gateway serve` and `gunicorn -c gunicorn.conf.py
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -56,12 +57,40 @@ def remove_metrics_dir(server: Any) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def freeze_before_fork(server: Any, worker: Any) -> None:
+    """pre_fork (master): what the master holds, the parsed configuration above all,
+    leaves the collector's generations. A worker's collections then never write to
+    those objects, so their pages stay shared with the master instead of being copied
+    into every worker."""
+    gc.freeze()
+
+
+def pause_gc_while_booting(server: Any, worker: Any) -> None:
+    """post_fork (worker): building the app allocates several objects per route and
+    frees almost none; collections in the middle would only walk them again and again
+    (about a second of a 10,000-route worker's start-up)."""
+    gc.disable()
+
+
+def freeze_the_app(worker: Any) -> None:
+    """post_worker_init (worker, app built): the app lives as long as the worker. Out
+    of the collector's generations, a full collection no longer walks the route table:
+    with 10,000 routes that walk took about a second, during which the worker served
+    nothing."""
+    gc.freeze()
+    gc.enable()
+
+
 # Settings every gateway process needs, whatever the deployment.
 HARDENED_SETTINGS: dict[str, Any] = {
     # Metrics across workers (see gateway/metrics.py).
     "on_starting": prepare_metrics_dir,
     "child_exit": worker_exited,
     "on_exit": remove_metrics_dir,
+    # The collector and a large route table (see the hooks' docstrings).
+    "pre_fork": freeze_before_fork,
+    "post_fork": pause_gc_while_booting,
+    "post_worker_init": freeze_the_app,
     "worker_class": "gateway.serving.GatewayWorker",
     # The gateway decides which proxies to believe (gateway.trusted_proxies); gunicorn
     # must not turn a client's X-Forwarded-Proto or SCRIPT_NAME header into the

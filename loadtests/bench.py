@@ -570,12 +570,13 @@ def mint_token(key: Any) -> str:
     return str(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"}))
 
 
-def _filler_route(i: int, auth: Any) -> dict[str, Any]:
+def _filler_route(i: int, auth: Any, **policies: Any) -> dict[str, Any]:
     """A route around the benchmarked one: literal, parameter and catch-all paths.
 
-    Fillers carry only the variant's `auth`, and their upstream path defaults to their
-    public path: the loader refuses documents of more than 100,000 values, and a
-    10,000-route table has room for about nine values per route."""
+    Fillers carry the variant's `auth` and any further policies given (`roles`,
+    `rate_limit`, `rate_limit_bucket`...); their upstream path defaults to their public
+    path. The loader reads 10,000-route tables whose routes each carry every policy;
+    the bench gives fillers `auth` alone, so its tables stay those of earlier runs."""
     kind = i % 3
     if kind == 0:
         path = f"/api/v1/svc{i:05d}/items"
@@ -583,7 +584,14 @@ def _filler_route(i: int, auth: Any) -> dict[str, Any]:
         path = f"/api/v1/svc{i:05d}/items/{{item_id}}"
     else:
         path = f"/api/v2/svc{i:05d}/{{rest:path}}"
-    return {"name": f"f{i}", "path": path, "methods": ["GET"], "upstream": "users", "auth": auth}
+    return {
+        "name": f"f{i}",
+        "path": path,
+        "methods": ["GET"],
+        "upstream": "users",
+        "auth": auth,
+        **policies,
+    }
 
 
 def gateway_config(
