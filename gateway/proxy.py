@@ -411,13 +411,19 @@ class Forwarder:
     ) -> bytes | None:
         """A small successful body, read whole before the client is answered: the
         connection goes back to the pool at once, the client gets one write, and a
-        failure while reading is still a clean 502/504. Large or unsized bodies: None
+        failure while reading is still a clean 502/504. Answers without a body (HEAD,
+        1xx, 204, 304) are finished here too: the server never iterates their body, so
+        a relay would never hand the connection back. Large or unsized bodies: None
         (they are relayed as they arrive)."""
-        if method == "HEAD" or not 200 <= response.status < 300 or response.status == 204:
-            return None
-        declared = _header(response.headers, b"content-length")
-        if declared is None or not declared.isdigit() or int(declared) > _READ_ALL_BELOW:
-            return None
+        status = response.status
+        # Error and redirect answers are finished by _client_response itself.
+        bodiless = (method == "HEAD" and status < 300) or status < 200 or status in (204, 304)
+        if not bodiless:
+            if not 200 <= status < 300:
+                return None
+            declared = _header(response.headers, b"content-length")
+            if declared is None or not declared.isdigit() or int(declared) > _READ_ALL_BELOW:
+                return None
         try:
             with deadline_at(deadline):
                 return b"".join(response.iter_stream())
@@ -483,9 +489,13 @@ class Forwarder:
             return RelayedResponse(b"", status=status, headers=headers)
         headers = self._response_headers(ctx, upstream_response, error=False)
         if body is not None:
-            return RelayedResponse(body, status=status, headers=headers)
-        stream = _relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
-        return RelayedResponse(stream, status=status, headers=headers, direct_passthrough=True)
+            response = RelayedResponse(body, status=status)
+            # The upstream's own framing: a HEAD answer keeps the Content-Length of the
+            # body it describes (werkzeug would set that of the empty body).
+            response.headers = headers
+            return response
+        relay = _Relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
+        return RelayedResponse(relay, status=status, headers=headers, direct_passthrough=True)
 
     def _error_response(
         self, ctx: RequestContext, upstream_response: httpcore.Response, deadline: float
@@ -529,24 +539,38 @@ def _iter_stream(stream: Any, size: int) -> Iterator[bytes]:
         yield chunk
 
 
-def _relay(
-    upstream_response: httpcore.Response, deadline: float, upstream_name: str
-) -> Iterator[bytes]:
-    """Yield the upstream body as it arrives; cut the client off if the upstream fails."""
-    relayed = 0
-    try:
-        with deadline_at(deadline):
-            for chunk in upstream_response.iter_stream():
-                relayed += len(chunk)
-                yield chunk
-    except _AFTER_CONNECT as exc:
-        log.warning(
-            "upstream %s body failed after %d bytes: %s: %s",
-            upstream_name,
-            relayed,
-            type(exc).__name__,
-            exc,
-        )
-        raise UpstreamBodyAborted(str(exc)) from None
-    finally:
-        upstream_response.close()
+class _Relay:
+    """The upstream body as it arrives, cutting the client off if the upstream fails.
+
+    A class, not a generator: the server closes the body it was given whether or not
+    it iterated it (a client gone before the first byte), and a generator never
+    started would skip its `finally`, leaving the connection taken from the pool."""
+
+    def __init__(
+        self, upstream_response: httpcore.Response, deadline: float, upstream_name: str
+    ) -> None:
+        self.upstream_response = upstream_response
+        self.deadline = deadline
+        self.upstream_name = upstream_name
+
+    def __iter__(self) -> Iterator[bytes]:
+        relayed = 0
+        try:
+            with deadline_at(self.deadline):
+                for chunk in self.upstream_response.iter_stream():
+                    relayed += len(chunk)
+                    yield chunk
+        except _AFTER_CONNECT as exc:
+            log.warning(
+                "upstream %s body failed after %d bytes: %s: %s",
+                self.upstream_name,
+                relayed,
+                type(exc).__name__,
+                exc,
+            )
+            raise UpstreamBodyAborted(str(exc)) from None
+        finally:
+            self.upstream_response.close()
+
+    def close(self) -> None:
+        self.upstream_response.close()

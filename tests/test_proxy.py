@@ -709,7 +709,22 @@ class _Handler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
 
+    def do_HEAD(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "123")
+        self.end_headers()
+
+    def do_DELETE(self) -> None:
+        self.send_response(204)
+        self.end_headers()
+
     def do_GET(self) -> None:
+        if self.headers.get("If-None-Match"):
+            self.send_response(304)
+            self.send_header("ETag", self.headers["If-None-Match"])
+            self.end_headers()
+            return
         if self.path.startswith("/users/slow"):
             time.sleep(1.0)
         body = json.dumps({"path": self.path, "xff": self.headers["X-Forwarded-For"]}).encode()
@@ -755,3 +770,29 @@ def test_slow_real_upstream_is_504_within_its_timeout(
     assert response.status_code == 504
     assert problem(response)["code"] == "upstream_timeout"
     assert time.monotonic() - started < 0.9
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "status"),
+    [("HEAD", {}, 200), ("DELETE", {}, 204), ("GET", {"If-None-Match": '"v1"'}, 304)],
+)
+def test_answers_without_a_body_hand_their_connection_back_to_the_pool(
+    make_client: AppFactory,
+    loopback: str,
+    method: str,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    # The server never iterates the body of these answers: the connection must not
+    # wait for that, or the pool runs dry and every later request is a 503.
+    client = make_client(USERS_URL=loopback)
+    pool = client.application.gateway.forwarder.pools["users"]  # type: ignore[attr-defined]
+    for _ in range(5):
+        response = client.open("/api/v1/users/1", method=method, headers=headers)
+        assert response.status_code == status
+        assert response.get_data() == b""
+        if method == "HEAD":
+            assert response.headers["Content-Length"] == "123"  # the body it describes
+        response.close()
+        assert all(connection.is_idle() for connection in pool.connections)
+    assert len(pool.connections) == 1  # one keep-alive connection, reused
