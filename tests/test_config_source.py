@@ -411,3 +411,34 @@ def test_a_lone_dollar_is_plain_text() -> None:
 
 def test_references_in_keys_are_not_expanded() -> None:
     assert data("${KEY}: 1\n", {"KEY": "x"}) == {"${KEY}": 1}
+
+
+# --- values PyYAML's constructors cannot take ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("retries: 0x_\n", "routes.yaml:1:10: '0x_' is not a valid int"),
+        ("retries: !!int one\n", "routes.yaml:1:10: 'one' is not a valid int"),
+        ("open: !!bool maybe\n", "routes.yaml:1:7: 'maybe' is not a valid bool"),
+        ("a: !!int x\nb: ]\n", "routes.yaml:2:4: malformed YAML: expected the node content"),
+        ('name: "\\U00110000"\n', "routes.yaml:1:1: malformed YAML:"),
+        ("a: " + "[" * 5000 + "]" * 5000 + "\n", "routes.yaml:1:1: malformed YAML: the document"),
+    ],
+    ids=["hex", "int-tag", "bool-tag", "then-syntax", "escape", "deep"],
+)
+def test_values_that_cannot_be_built_are_problems_not_tracebacks(text: str, expected: str) -> None:
+    assert any(p.startswith(expected) for p in problems(text)), problems(text)
+
+
+def test_a_reference_that_looks_like_a_number_but_is_none_stays_text() -> None:
+    assert data("retries: ${R}\n", {"R": "0x_"}) == {"retries": "0x_"}
+
+
+def test_directives_read_alike_with_and_without_libyaml() -> None:
+    # libyaml accepts a comment glued to %YAML; PyYAML's parser does not. Either way
+    # the file must read the same, so texts with directives take PyYAML's parser.
+    plain = "%YAML 1.1#c\n---\nversion: 1\n"
+    with_tab = plain + "#\tcomment\n"
+    assert problems(plain) == problems(with_tab)

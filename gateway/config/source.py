@@ -89,11 +89,12 @@ _MERGE_TAG = "tag:yaml.org,2002:merge"
 _STR_TAG = "tag:yaml.org,2002:str"
 # libyaml reads a few corners of YAML differently from PyYAML's own parser: tabs, "!"
 # tags, "?" in flow collections, a byte order mark inside the text, a comment glued
-# to a block scalar's header, the end of a text without a final newline, and where it
-# places an empty value in a flow collection (`{a: , b: 1}`). Where the text may hold
+# to a block scalar's header, directives (`%YAML`, `%TAG`), the end of a text without
+# a final newline, and where it places an empty value in a flow collection
+# (`{a: , b: 1}`). Where the text may hold
 # any of these, PyYAML's parser reads it, so that both read every document alike;
 # tests/test_config_source.py holds the two against each other.
-_LIBYAML_DIFFERS = re.compile(r"[\t!?\ufeff]|[|>][-+0-9]*#|:(?:\s|#[^\n]*)*[,\]}]")
+_LIBYAML_DIFFERS = re.compile(r"[\t!?\ufeff]|[|>][-+0-9]*#|:(?:\s|#[^\n]*)*[,\]}]|^%", re.M)
 _LIBYAML_LOADER: type[Any] | None = getattr(yaml, "CSafeLoader", None)
 
 
@@ -331,7 +332,16 @@ class _Builder:
         if tag == _STR_TAG:
             return self._string(value)
         node = yaml.ScalarNode(tag, value, event.start_mark if event else None)
-        return self._loader.yaml_constructors[tag](self._loader, node)
+        try:
+            return self._loader.yaml_constructors[tag](self._loader, node)
+        except (ValueError, ArithmeticError, LookupError):
+            # PyYAML's constructors trust the resolver: `!!int one` or `0x_` reach
+            # int() and fail there. A problem at the value, never a traceback.
+            if event is None:
+                raise
+            kind = tag.rsplit(":", 1)[-1]
+            self.fail(event.start_mark, f"{value!r} is not a valid {kind}")
+            return None
 
     def _scalar(self, event: _Event) -> Any:
         tag = self._tag(event)
@@ -384,7 +394,10 @@ class _Builder:
         tag = self._loader.resolve(yaml.ScalarNode, text, (True, False))
         # Numbers and booleans only: an empty value stays "", never null.
         if tag in _CORE_TAGS and tag != "tag:yaml.org,2002:null":
-            return self._construct(tag, text)
+            try:
+                return self._construct(tag, text)
+            except (ValueError, ArithmeticError, LookupError):
+                return text  # looks like a number but is none: the text itself
         return text
 
 
@@ -404,13 +417,19 @@ def parse(text: str, file: str, environ: Mapping[str, str], *, positions: bool =
         # refuses, PyYAML's parser reads again, so a problem is worded as always.
         try:
             return _read(text, file, environ, _LIBYAML_LOADER, positions)
-        except (yaml.YAMLError, UnicodeError, _Unreadable):
+        except (yaml.YAMLError, UnicodeError, ValueError, RecursionError, _Unreadable):
             pass
     try:
         return _read(text, file, environ, yaml.SafeLoader, positions)
     except (yaml.YAMLError, _Unreadable):
         _raise_composer_problem(text, file)
         raise  # pragma: no cover - the composer refuses what the reader refused
+    except RecursionError:
+        raise ConfigError(
+            [ConfigProblem(file, 1, 1, "malformed YAML: the document is nested too deeply")]
+        ) from None
+    except ValueError as exc:  # PyYAML's scanner on an escape beyond Unicode, say
+        raise ConfigError([ConfigProblem(file, 1, 1, f"malformed YAML: {exc}")]) from None
 
 
 def _read(
