@@ -62,6 +62,19 @@ def counters_on(url: str, strategy: str) -> Counters:
     return Counters(RateLimitSettings(storage=url, strategy=strategy))
 
 
+def release(counters: Counters) -> None:
+    """Close the sockets of a storage on a server the test started: left to the
+    garbage collector, they warn in whichever test happens to run next."""
+    storage: Any = counters.storage
+    clients = [getattr(storage, "storage", None), getattr(storage, "storage_slave", None)]
+    clients += list(getattr(getattr(storage, "sentinel", None), "sentinels", []))
+    for client in clients:
+        if isinstance(client, redis.RedisCluster):
+            client.close()
+        elif client is not None:
+            client.connection_pool.disconnect()
+
+
 # --- one round trip ------------------------------------------------------------------------
 
 
@@ -198,11 +211,12 @@ def cluster(tmp_path: Path) -> Iterator[str]:
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_on_a_cluster_each_limit_is_one_call_of_its_own(
-    strategy: str, cluster: str, monkeypatch: Any
+    strategy: str, cluster: str, monkeypatch: Any, request: pytest.FixtureRequest
 ) -> None:
     """A limit's keys hash to a slot of their own, so one call cannot cover two limits
     there: one limit costs one call, several are tested one by one, then counted."""
     counters = counters_on(cluster, strategy)
+    request.addfinalizer(lambda: release(counters))
     assert counters.windows is not None and not counters.windows.one_call_for_all
     with pytest.raises(redis.RedisClusterException):
         counters.windows.run(items_of("2/minute", "5/hour"), "b", "k", charge=True)
@@ -226,13 +240,14 @@ def test_on_a_cluster_each_limit_is_one_call_of_its_own(
 
 
 def test_on_sentinel_one_request_is_one_call_to_the_primary(
-    tmp_path: Path, monkeypatch: Any
+    tmp_path: Path, monkeypatch: Any, request: pytest.FixtureRequest
 ) -> None:
     primary = OwnRedis(tmp_path).start()
     sentinel = start_own_sentinel(tmp_path, primary, "gateway-primary")
     try:
         url = f"redis+sentinel://127.0.0.1:{sentinel.port}/gateway-primary"
         counters = counters_on(url, "moving-window")
+        request.addfinalizer(lambda: release(counters))
         assert counters.windows is not None and counters.windows.one_call_for_all
         sent = command_log(counters, monkeypatch)
         both = limits_of("2/minute", "5/hour")
