@@ -18,7 +18,9 @@ ptrace is allowed (kernel.yama.ptrace_scope 0).
 from __future__ import annotations
 
 import argparse
+import html
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -34,6 +36,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the bench's configurations, servers and wrk runner)
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+_SVG_TITLE = re.compile(r'(<text id="title"[^>]*>)[^<]*(</text>)')
+
+
+def retitle(svg: Path, title: str) -> None:
+    """py-spy titles the graph with its own command line, process id and output path:
+    details of the machine it ran on. The graph is titled with what was profiled."""
+    text = svg.read_text(encoding="utf-8")
+    svg.write_text(_SVG_TITLE.sub(lambda m: m[1] + html.escape(title) + m[2], text, 1), "utf-8")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -144,6 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"threads, {args.connections} connections: {result.rps:.0f} req/s, "
                 f"p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms, "
                 f"{result.errors} errors"
+            )
+            retitle(
+                args.out,
+                f"gateway worker, {args.variant} policies, {args.routes} routes, "
+                f"{args.threads} threads, {args.connections} connections"
+                + (", GIL holder only" if args.gil else ""),
             )
             print(f"profile: wrote {args.out} and {collapsed}")
         finally:
