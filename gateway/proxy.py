@@ -190,8 +190,12 @@ def _target(path_and_query: str) -> bytes:
     client library would (the paths are re-encoded already: this is belt and braces)."""
     if path_and_query.isascii() and path_and_query.isprintable() and " " not in path_and_query:
         return path_and_query.encode("ascii")
-    data = path_and_query.encode("utf-8")
-    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in data).encode("ascii")
+    return _printable_ascii(path_and_query.encode("utf-8")).encode("ascii")
+
+
+def _printable_ascii(data: bytes) -> str:
+    """Bytes outside printable ASCII percent-escaped, the rest as they are."""
+    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in data)
 
 
 def _query(request: Request) -> str:
@@ -200,8 +204,7 @@ def _query(request: Request) -> str:
         return ""
     # WSGI hands over the bytes as latin-1; anything outside printable ASCII is
     # escaped so the upstream gets the same bytes, legally encoded.
-    data = raw.encode("latin-1", "replace")
-    return "?" + "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in data)
+    return "?" + _printable_ascii(raw.encode("latin-1", "replace"))
 
 
 class Forwarder:
