@@ -570,6 +570,34 @@ def mint_token(key: Any) -> str:
     return str(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"}))
 
 
+def request_headers(token: str, agent: str) -> dict[str, str]:
+    """What every benchmarked request carries (only the path differs between targets):
+    a bearer token, an allowed Origin and a deprecated Accept-Version, so the
+    variants' policies all have work to do."""
+    return {
+        "User-Agent": agent,
+        "Accept": "application/json",
+        "Authorization": f"Bearer {token}",
+        "Origin": ORIGIN,
+        "Accept-Version": "1",
+    }
+
+
+def users_stub(port: int, log: Path) -> Server:
+    """The users stub (1 worker), not yet started."""
+    stub_bin = Path(sys.executable).parent / "upstream-stub"
+    argv = [str(stub_bin), "--service", "users", "--port", str(port)]
+    return Server("users stub", argv, port, log, 1)
+
+
+def first_user_id(stub_port: int) -> str:
+    """The id of a seeded user: the benchmarked GET reads it."""
+    status, _, body = http_get(stub_port, "/users?limit=1")
+    if status != 200:
+        raise BenchError(f"the users stub answered {status} to GET /users?limit=1: {body}")
+    return str(json.loads(body)["data"][0]["id"])
+
+
 def _filler_route(i: int, auth: Any, **policies: Any) -> dict[str, Any]:
     """A route around the benchmarked one: literal, parameter and catch-all paths.
 
@@ -846,14 +874,7 @@ class Bench:
         self.choose_generator()
         key, key_file = make_key(self.workdir)
         token = mint_token(key)
-        # The same request headers for every target (only the path differs).
-        self.headers = {
-            "User-Agent": "gateway-bench",
-            "Accept": "application/json",
-            "Authorization": f"Bearer {token}",
-            "Origin": ORIGIN,
-            "Accept-Version": "1",
-        }
+        self.headers = request_headers(token, "gateway-bench")
         stub_port = free_port()
         stub = self.server(
             "users stub",
@@ -861,10 +882,7 @@ class Bench:
             stub_port,
             1,
         )
-        status, _, body = http_get(stub_port, "/users?limit=1")
-        if status != 200:
-            raise BenchError(f"the users stub answered {status} to GET /users?limit=1: {body}")
-        user_id = json.loads(body)["data"][0]["id"]
+        user_id = first_user_id(stub_port)
         stub_url = f"http://{LOOPBACK}:{stub_port}"
         self.targets.append(Target("direct", "stub", None, None, stub, f"/users/{user_id}"))
 

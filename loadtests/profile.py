@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import re
 import shutil
 import subprocess
@@ -84,23 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         try:
             key, key_file = bench.make_key(work)
-            headers = {
-                "User-Agent": "gateway-profile",
-                "Accept": "application/json",
-                "Authorization": f"Bearer {bench.mint_token(key)}",
-                "Origin": bench.ORIGIN,
-                "Accept-Version": "1",
-            }
+            headers = bench.request_headers(bench.mint_token(key), "gateway-profile")
             stub_port = bench.free_port()
-            stub = bench.Server(
-                "users stub",
-                [str(bin_dir / "upstream-stub"), "--service", "users", "--port", str(stub_port)],
-                stub_port,
-                work / "stub.log",
-                1,
-            )
-            servers.append(stub.start(work, env))
-            user_id = json.loads(bench.http_get(stub_port, "/users?limit=1")[2])["data"][0]["id"]
+            servers.append(bench.users_stub(stub_port, work / "stub.log").start(work, env))
+            user_id = bench.first_user_id(stub_port)
             config = bench.gateway_config(
                 args.variant,
                 args.routes,

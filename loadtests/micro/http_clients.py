@@ -14,7 +14,6 @@ only: the stub's share is excluded) per request, the best of 3 runs.
 from __future__ import annotations
 
 import http.client
-import json
 import sys
 import tempfile
 import time
@@ -52,14 +51,12 @@ def measure(name: str, call: Callable[[], object], n: int) -> None:
 
 def main() -> int:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
-    bin_dir = Path(sys.executable).parent
     with tempfile.TemporaryDirectory(prefix="gateway-clients-") as tmp:
         port = bench.free_port()
-        argv = [str(bin_dir / "upstream-stub"), "--service", "users", "--port", str(port)]
-        stub = bench.Server("stub", argv, port, Path(tmp) / "stub.log", 1)
+        stub = bench.users_stub(port, Path(tmp) / "stub.log")
         stub.start(Path(tmp), {**bench.os.environ})
         try:
-            user = json.loads(bench.http_get(port, "/users?limit=1")[2])["data"][0]["id"]
+            user = bench.first_user_id(port)
             path = f"/users/{user}"
             url = f"http://{bench.LOOPBACK}:{port}{path}"
             print(f"{n} sequential keep-alive GETs of {path} per client, best of 3")

@@ -20,7 +20,6 @@ Needs wrk, Redis on 127.0.0.1:6379 and, for gevent, the gevent package (Locust, 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -73,20 +72,10 @@ def main() -> int:
         work = Path(tmp)
         try:
             key, key_file = bench.make_key(work)
-            headers = {
-                "User-Agent": "gateway-serving-choice",
-                "Accept": "application/json",
-                "Authorization": f"Bearer {bench.mint_token(key)}",
-                "Origin": bench.ORIGIN,
-                "Accept-Version": "1",
-            }
+            headers = bench.request_headers(bench.mint_token(key), "gateway-serving-choice")
             stub_port = bench.free_port()
-            stub_argv = [str(bin_dir / "upstream-stub"), "--service", "users"]
-            stub = bench.Server(
-                "stub", [*stub_argv, "--port", str(stub_port)], stub_port, work / "stub.log", 1
-            )
-            servers.append(stub.start(work, env))
-            user_id = json.loads(bench.http_get(stub_port, "/users?limit=1")[2])["data"][0]["id"]
+            servers.append(bench.users_stub(stub_port, work / "stub.log").start(work, env))
+            user_id = bench.first_user_id(stub_port)
             path = f"/api/v1/users/{user_id}"
             gateways: list[tuple[str, bench.Server]] = []
             for kind, workers, threads in setups:
