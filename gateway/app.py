@@ -38,7 +38,6 @@ from gateway.problems import (
     MethodNotAllowed,
     error_response,
     http_exception_response,
-    render,
 )
 from gateway.proxy import Forwarder
 from gateway.ratelimit import Counters
@@ -307,18 +306,12 @@ class GatewayFlask(Flask):
 
 
 def _outside_error(environ: WSGIEnvironment) -> Response:
+    """The 500 problem Gateway.handle gives, for a failure before it could."""
     request_id = request_id_for(Request(environ))
-    response = render(
-        {
-            "type": "about:blank",
-            "title": "Internal Server Error",
-            "status": 500,
-            "detail": "The gateway failed to handle the request.",
-            "instance": raw_request_path(environ),
-            "code": "internal_error",
-            "request_id": request_id,
-        },
-        500,
+    response = error_response(
+        InternalError("The gateway failed to handle the request."),
+        instance=decoded_path(raw_request_path(environ)),
+        request_id=request_id,
     )
     response.headers["X-Request-ID"] = request_id
     return response
