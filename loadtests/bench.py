@@ -556,6 +556,9 @@ def make_key(workdir: Path) -> tuple[Any, Path]:
     return key, path
 
 
+BENCH_TENANT = "acme"  # the demo users' tenant in the stub's seed
+
+
 def mint_token(key: Any) -> str:
     now = int(time.time())
     claims = {
@@ -565,7 +568,7 @@ def mint_token(key: Any) -> str:
         "iat": now,
         "exp": now + 4 * 3600,
         "role": ["admin"],
-        "tenant_id": "acme",
+        "tenant_id": BENCH_TENANT,
     }
     return str(jwt.encode(claims, key, algorithm="RS256", headers={"kid": "bench"}))
 
@@ -591,8 +594,9 @@ def users_stub(port: int, log: Path) -> Server:
 
 
 def first_user_id(stub_port: int) -> str:
-    """The id of a seeded user: the benchmarked GET reads it."""
-    status, _, body = http_get(stub_port, "/users?limit=1")
+    """The id of a seeded user of the bench token's tenant: the benchmarked GET reads
+    it, and the stub shows a caller only its own tenant's users."""
+    status, _, body = http_get(stub_port, "/users?limit=1", {"X-Tenant-Id": BENCH_TENANT})
     if status != 200:
         raise BenchError(f"the users stub answered {status} to GET /users?limit=1: {body}")
     return str(json.loads(body)["data"][0]["id"])

@@ -1,4 +1,4 @@
-"""Orders v1 and v2 over HTTP: shapes, ownership, visibility, validation."""
+"""Orders v1 and v2 over HTTP: shapes, ownership, tenant isolation, validation."""
 
 from __future__ import annotations
 
@@ -12,13 +12,19 @@ from upstream_stub.app import StubSettings, create_orders_app
 
 PEOPLE = seed.people(seed.DEFAULT_SEED, 30)
 ADMIN_ID, MEMBER_ID, GUEST_ID = (person.id for person in PEOPLE[:3])
-ADMIN = {"X-User-Id": ADMIN_ID, "X-User-Roles": "admin", "X-Auth-Method": "jwt"}
+ADMIN = {
+    "X-User-Id": ADMIN_ID,
+    "X-User-Roles": "admin",
+    "X-Tenant-Id": "acme",
+    "X-Auth-Method": "jwt",
+}
 MEMBER = {
     "X-User-Id": MEMBER_ID,
     "X-User-Roles": "member",
     "X-Tenant-Id": "acme",
     "X-Auth-Method": "jwt",
 }
+GUEST = {"X-User-Id": GUEST_ID, "X-User-Roles": "guest", "X-Tenant-Id": "acme"}
 SERVICE = {"X-User-Roles": "service", "X-Auth-Method": "api_key", "X-Consumer-Id": "reporting"}
 ITEMS = [{"sku": "SKU-0001", "quantity": 2}]
 V1 = {"items": ITEMS, "total": 12.5}
@@ -30,16 +36,33 @@ def client() -> FlaskClient:
     return create_orders_app(StubSettings(seed_users=30, seed_orders=300)).test_client()
 
 
-def all_ids(client: FlaskClient, headers: dict[str, str], version: str = "v2") -> list[str]:
-    ids: list[str] = []
+def all_orders(
+    client: FlaskClient, headers: dict[str, str], version: str = "v2"
+) -> list[dict[str, Any]]:
+    orders: list[dict[str, Any]] = []
     cursor = None
     while True:
         query = "limit=200" + (f"&cursor={cursor}" if cursor else "")
-        body = client.get(f"/{version}/orders?{query}", headers=headers).get_json()
-        ids += [order["id"] for order in body["data"]]
+        response = client.get(f"/{version}/orders?{query}", headers=headers)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        body = response.get_json()
+        orders += body["data"]
         cursor = body["next_cursor"]
         if cursor is None:
-            return ids
+            return orders
+
+
+def all_ids(client: FlaskClient, headers: dict[str, str], version: str = "v2") -> list[str]:
+    return [order["id"] for order in all_orders(client, headers, version)]
+
+
+def admin_of(tenant: str) -> dict[str, str]:
+    return {**ADMIN, "X-User-Id": f"usr_admin_{tenant}", "X-Tenant-Id": tenant}
+
+
+def foreign_order(client: FlaskClient, tenant: str = "acme") -> dict[str, Any]:
+    """A seeded order of a tenant other than `tenant`."""
+    return next(o for o in all_orders(client, {}) if o["tenant_id"] != tenant)
 
 
 def problem(response: Any, status: int) -> dict[str, Any]:
@@ -94,7 +117,8 @@ def test_create_v2_and_read_it_in_v1(client: FlaskClient) -> None:
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_the_owner_comes_from_x_user_id(client: FlaskClient, version: str) -> None:
     body = V1 if version == "v1" else V2
-    response = client.post(f"/{version}/orders", json={**body}, headers={"X-User-Roles": "admin"})
+    headers = {"X-User-Roles": "admin", "X-Tenant-Id": "acme"}
+    response = client.post(f"/{version}/orders", json={**body}, headers=headers)
     errors = problem(response, 422)["errors"]
     assert [error["field"] for error in errors] == ["X-User-Id"]
     sneaky = client.post(f"/{version}/orders", json={**body, "user_id": ADMIN_ID}, headers=MEMBER)
@@ -104,7 +128,6 @@ def test_the_owner_comes_from_x_user_id(client: FlaskClient, version: str) -> No
 def test_member_sees_only_their_own_orders(client: FlaskClient) -> None:
     everything = all_ids(client, ADMIN)
     mine = all_ids(client, MEMBER)
-    assert len(everything) == 300
     assert 0 < len(mine) < len(everything)
     for order_id in mine[:5]:
         order = client.get(f"/v2/orders/{order_id}", headers=MEMBER).get_json()
@@ -122,25 +145,116 @@ def test_someone_elses_order_is_404_for_a_member(client: FlaskClient) -> None:
     assert client.get(f"/v2/orders/{other}", headers=ADMIN).status_code == 200
 
 
-def test_admin_and_service_see_everything_and_admin_plus_member_too(client: FlaskClient) -> None:
-    everything = all_ids(client, ADMIN)
-    assert all_ids(client, SERVICE) == everything
+def test_each_admin_sees_every_order_of_their_own_tenant_only(client: FlaskClient) -> None:
+    everything = all_orders(client, {})
+    tenants = {order["tenant_id"] for order in everything}
+    assert len(tenants) >= 2, "the seed spreads orders over several tenants"
+    seen: list[str] = []
+    for tenant in sorted(tenants):
+        listed = all_orders(client, admin_of(tenant))
+        assert listed == [o for o in everything if o["tenant_id"] == tenant]
+        seen += [order["id"] for order in listed]
+    assert sorted(seen) == sorted(order["id"] for order in everything)
     both = {**MEMBER, "X-User-Roles": "member,admin"}
-    assert all_ids(client, both) == everything
-    spaced = {**MEMBER, "X-User-Roles": " member , service "}
-    assert all_ids(client, spaced) == everything
+    assert all_ids(client, both) == all_ids(client, ADMIN)
+
+
+def test_the_service_key_reads_orders_no_tenant_admin_can(client: FlaskClient) -> None:
+    everything = all_ids(client, {})
+    assert len(everything) == 300
+    assert all_ids(client, SERVICE) == everything
+    assert set(all_ids(client, ADMIN)) < set(everything)
+    other = foreign_order(client)
+    assert client.get(f"/v1/orders/{other['id']}", headers=SERVICE).status_code == 200
+    problem(client.get(f"/v1/orders/{other['id']}", headers=ADMIN), 404)
+
+
+def test_the_service_key_changes_no_order(client: FlaskClient) -> None:
+    order_id = all_ids(client, {})[0]
+    for response in (
+        client.post("/v2/orders", json=V2, headers=SERVICE),
+        client.post("/v1/orders", json=V1, headers={**SERVICE, "X-User-Id": "usr_x"}),
+        client.delete(f"/v2/orders/{order_id}", headers=SERVICE),
+    ):
+        assert problem(response, 403)["code"] == "forbidden"
+    assert client.get(f"/v2/orders/{order_id}").status_code == 200
+    assert len(all_ids(client, {})) == 300
+
+
+def test_spaced_role_names_are_other_roles(client: FlaskClient) -> None:
+    # Exact names: " admin" is no admin, and a token's "service" is no service key.
+    for roles in (" admin", "admin ", "member, admin", " member , service "):
+        assert all_ids(client, {**MEMBER, "X-User-Roles": roles}) == all_ids(client, MEMBER)
+    token_service = {**MEMBER, "X-User-Roles": "service"}
+    assert all_ids(client, token_service) == all_ids(client, MEMBER)
+
+
+def test_another_tenants_order_is_the_same_404_as_a_missing_one(client: FlaskClient) -> None:
+    other = foreign_order(client)
+    missing = problem(client.get("/v2/orders/ord_000000000000", headers=ADMIN), 404)
+    for headers in (ADMIN, MEMBER, GUEST, {**ADMIN, "X-User-Id": other["user_id"]}):
+        for method, path in (
+            ("get", f"/v2/orders/{other['id']}"),
+            ("get", f"/v1/orders/{other['id']}"),
+            ("delete", f"/v2/orders/{other['id']}"),
+            ("delete", f"/v1/orders/{other['id']}"),
+        ):
+            body = problem(getattr(client, method)(path, headers=headers), 404)
+            assert body["code"] == missing["code"] == "not_found"
+            assert body["title"] == missing["title"]
+            assert body["detail"] == missing["detail"].replace("ord_000000000000", other["id"])
+    assert client.get(f"/v2/orders/{other['id']}").get_json() == other  # still there
+    assert other["id"] not in all_ids(client, ADMIN) + all_ids(client, MEMBER)
+
+
+def test_a_token_without_a_tenant_reaches_no_order(client: FlaskClient) -> None:
+    order_id = all_ids(client, ADMIN)[0]
+    for roles in ("admin", "member", "admin,service"):
+        untenanted = {"X-User-Id": ADMIN_ID, "X-User-Roles": roles, "X-Auth-Method": "jwt"}
+        assert all_ids(client, untenanted) == []
+        problem(client.get(f"/v2/orders/{order_id}", headers=untenanted), 404)
+        problem(client.delete(f"/v2/orders/{order_id}", headers=untenanted), 404)
+        created = client.post("/v2/orders", json=V2, headers=untenanted)
+        assert [e["field"] for e in problem(created, 422)["errors"]] == ["X-Tenant-Id"]
+    assert client.get(f"/v2/orders/{order_id}", headers=ADMIN).status_code == 200
+
+
+def test_a_new_order_belongs_to_the_callers_tenant(client: FlaskClient) -> None:
+    globex_member = {**MEMBER, "X-User-Id": "usr_globex_member", "X-Tenant-Id": "globex"}
+    created = client.post("/v2/orders", json=V2, headers=globex_member).get_json()
+    assert created["tenant_id"] == "globex"
+    assert created["id"] in all_ids(client, admin_of("globex"))
+    assert created["id"] not in all_ids(client, ADMIN)
+    problem(client.get(f"/v2/orders/{created['id']}", headers=ADMIN), 404)
+    problem(client.delete(f"/v2/orders/{created['id']}", headers=ADMIN), 404)
+    # The same user id in another tenant is someone else: it does not own the order.
+    same_id_elsewhere = {**globex_member, "X-Tenant-Id": "acme"}
+    problem(client.get(f"/v2/orders/{created['id']}", headers=same_id_elsewhere), 404)
+    assert created["id"] not in all_ids(client, same_id_elsewhere)
+    deleted = client.delete(f"/v2/orders/{created['id']}", headers=admin_of("globex"))
+    assert deleted.status_code == 204
+
+
+def test_a_cursor_works_only_in_the_listing_that_issued_it(client: FlaskClient) -> None:
+    cursor = client.get("/v2/orders?limit=5", headers=ADMIN).get_json()["next_cursor"]
+    assert cursor
+    assert client.get(f"/v2/orders?limit=5&cursor={cursor}", headers=ADMIN).status_code == 200
+    for headers in (admin_of("globex"), MEMBER, SERVICE, {}):
+        response = client.get(f"/v1/orders?limit=5&cursor={cursor}", headers=headers)
+        assert problem(response, 400)["code"] == "invalid_cursor"
 
 
 def test_a_direct_call_without_identity_sees_everything(client: FlaskClient) -> None:
-    assert all_ids(client, {}) == all_ids(client, ADMIN)
+    assert all_ids(client, {}) == all_ids(client, SERVICE)
+    assert len(all_ids(client, {})) == 300
 
 
 def test_other_roles_see_only_their_own(client: FlaskClient) -> None:
-    guest = {"X-User-Id": GUEST_ID, "X-User-Roles": "guest"}
-    ids = all_ids(client, guest)
+    ids = all_ids(client, GUEST)
+    assert ids, "the seed gives the demo guest orders too"
     for order_id in ids[:3]:
-        assert client.get(f"/v2/orders/{order_id}", headers=guest).get_json()["user_id"] == GUEST_ID
-    nobody = {"X-User-Roles": "member"}  # a role but no user: owns nothing
+        assert client.get(f"/v2/orders/{order_id}", headers=GUEST).get_json()["user_id"] == GUEST_ID
+    nobody = {"X-User-Roles": "member", "X-Tenant-Id": "acme"}  # a role but no user
     assert all_ids(client, nobody) == []
 
 

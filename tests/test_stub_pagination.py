@@ -85,6 +85,19 @@ def test_limit_over_http(client: FlaskClient) -> None:
 # --- cursors ------------------------------------------------------------------------
 
 
+def test_a_cursor_is_valid_in_its_own_scope_only() -> None:
+    codec = CursorCodec(SECRET)
+    cursor = codec.encode("orders", (1, "ord_x"), "tenant-a")
+    assert codec.decode("orders", cursor, "tenant-a") == (1, "ord_x")
+    for other in ("tenant-b", None, "tenant-a ", ""):
+        with pytest.raises(Problem) as caught:
+            codec.decode("orders", cursor, other)
+        assert caught.value.code == "invalid_cursor"
+    unscoped = codec.encode("orders", (1, "ord_x"))
+    with pytest.raises(Problem):
+        codec.decode("orders", unscoped, "tenant-a")
+
+
 def test_cursor_round_trip_and_scope() -> None:
     codec = CursorCodec(SECRET)
     cursor = codec.encode("orders", (1_700_000_000_123_456, "ord_abc"))
@@ -241,8 +254,12 @@ def test_last_page_has_null_cursor_and_no_link() -> None:
 
 def visible_ids(app: Flask, member: bool) -> set[str]:
     with app.app_context():
-        page = orders_state().orders.page(10**6, group=MEMBER_ID if member else None)
-    return {order.id for order in page.items}
+        page = orders_state().orders.page(10**6)
+    return {
+        order.id
+        for order in page.items
+        if order.tenant_id == seed.DEMO_TENANT and (not member or order.user_id == MEMBER_ID)
+    }
 
 
 @settings(
@@ -269,10 +286,11 @@ def test_a_walk_with_concurrent_inserts_returns_each_initial_item_exactly_once(
 ) -> None:
     app = orders_app(count=initial, users=5)
     client = app.test_client()
+    tenant = {"X-Tenant-Id": seed.DEMO_TENANT}
     headers = (
-        {"X-User-Id": MEMBER_ID, "X-User-Roles": "member"}
+        {"X-User-Id": MEMBER_ID, "X-User-Roles": "member", **tenant}
         if member
-        else {"X-User-Id": "usr_admin", "X-User-Roles": "admin"}
+        else {"X-User-Id": "usr_admin", "X-User-Roles": "admin", **tenant}
     )
     at_start = visible_ids(app, member)
     seen: list[str] = []
@@ -298,7 +316,7 @@ def test_a_walk_with_concurrent_inserts_returns_each_initial_item_exactly_once(
                     "items": [{"sku": "S", "quantity": 1}],
                     "total": {"amount_cents": 1, "currency": "EUR"},
                 },
-                headers={"X-User-Id": owner, "X-User-Roles": "member"},
+                headers={"X-User-Id": owner, "X-User-Roles": "member", **tenant},
             )
             assert created.status_code == 201
         if cursor is None:

@@ -119,14 +119,57 @@ def test_replace_moves_the_unique_key_and_delete_frees_it() -> None:
     collection.insert(lambda created: Thing("again", created, key="fresh"))
 
 
-def test_replace_keeps_position_and_group() -> None:
+def test_replace_keeps_position_and_moves_groups() -> None:
     collection = Collection[Thing](group=lambda t: t.owner)
-    collection.load(things(1, owner="a"))
+    collection.load(things(3, owner="a"))
     with pytest.raises(ValueError):
         collection.replace("t0000", lambda t: replace(t, created_us=1))
-    with pytest.raises(ValueError):
-        collection.replace("t0000", lambda t: replace(t, owner="b"))
+    moved = collection.replace("t0001", lambda t: replace(t, owner="b"))
+    assert moved is not None and moved.owner == "b"
+    assert [t.id for t in collection.page(5, group="a").items] == ["t0002", "t0000"]
+    assert [t.id for t in collection.page(5, group="b").items] == ["t0001"]
     assert collection.replace("missing", lambda t: t) is None
+
+    # A change that raises (a caller's check under the lock) moves nothing.
+    def refuse(thing: Thing) -> Thing:
+        raise LookupError(thing.id)
+
+    with pytest.raises(LookupError):
+        collection.replace("t0001", refuse)
+    assert collection.get("t0001") == moved
+    assert [t.id for t in collection.page(5, group="b").items] == ["t0001"]
+
+
+def test_records_can_be_listed_under_several_groups() -> None:
+    collection = Collection[Thing](groups=lambda t: (f"tenant:{t.key}", f"owner:{t.owner}"))
+    collection.load(
+        [
+            Thing("t1", 1, key="x", owner="ann"),
+            Thing("t2", 2, key="y", owner="ann"),
+            Thing("t3", 3, key="x", owner="bob"),
+        ]
+    )
+    assert [t.id for t in collection.page(5, group="tenant:x").items] == ["t3", "t1"]
+    assert [t.id for t in collection.page(5, group="owner:ann").items] == ["t2", "t1"]
+    collection.replace("t1", lambda t: replace(t, key="y"))
+    assert [t.id for t in collection.page(5, group="tenant:x").items] == ["t3"]
+    assert [t.id for t in collection.page(5, group="tenant:y").items] == ["t2", "t1"]
+    assert collection.delete("t2")
+    assert [t.id for t in collection.page(5, group="owner:ann").items] == ["t1"]
+    assert [t.id for t in collection.page(5, group="tenant:y").items] == ["t1"]
+    with pytest.raises(ValueError):
+        Collection[Thing](group=lambda t: t.owner, groups=lambda t: ())
+
+
+def test_delete_where_removes_only_a_record_that_qualifies() -> None:
+    collection = Collection[Thing](group=lambda t: t.owner)
+    collection.load(things(2, owner="a"))
+    assert not collection.delete("t0000", where=lambda t: t.owner == "b")
+    assert collection.get("t0000") is not None
+    assert [t.id for t in collection.page(5, group="a").items] == ["t0001", "t0000"]
+    assert collection.delete("t0000", where=lambda t: t.owner == "a")
+    assert collection.get("t0000") is None
+    assert not collection.delete("missing", where=lambda t: True)
 
 
 def test_groups_page_only_their_members() -> None:

@@ -191,3 +191,144 @@ def test_trailing_slash_is_served_not_redirected(client: FlaskClient) -> None:
     response = client.get("/users/?limit=1")
     assert response.status_code == 200
     assert len(response.get_json()["data"]) == 1
+
+
+# --- tenant isolation -------------------------------------------------------------
+
+
+def jwt_caller(
+    tenant: str | None, roles: str = "admin", user: str = "usr_caller"
+) -> dict[str, str]:
+    headers = {"X-User-Id": user, "X-User-Roles": roles, "X-Auth-Method": "jwt"}
+    return headers if tenant is None else {**headers, "X-Tenant-Id": tenant}
+
+
+SERVICE = {"X-User-Roles": "service", "X-Auth-Method": "api_key", "X-Consumer-Id": "reporting"}
+
+
+def all_users(
+    client: FlaskClient, headers: dict[str, str], limit: int = 200
+) -> list[dict[str, Any]]:
+    users: list[dict[str, Any]] = []
+    target: str | None = f"/users?limit={limit}"
+    while target is not None:
+        response = client.get(target, headers=headers)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        body = response.get_json()
+        users += body["data"]
+        target = None
+        if body["next_cursor"] is not None:
+            target = f"/users?limit={limit}&cursor={body['next_cursor']}"
+    return users
+
+
+def other_tenants_user(client: FlaskClient, tenant: str = "acme") -> dict[str, Any]:
+    return next(user for user in all_users(client, {}) if user["tenant_id"] != tenant)
+
+
+@pytest.mark.parametrize("roles", ["admin", "member", "guest", "member,admin"])
+def test_a_tenant_lists_only_its_own_users(client: FlaskClient, roles: str) -> None:
+    everyone = all_users(client, {})
+    assert len({user["tenant_id"] for user in everyone}) >= 2
+    for tenant in ("acme", "globex"):
+        listed = all_users(client, jwt_caller(tenant, roles), limit=4)
+        assert listed, f"the seed has users in {tenant}"
+        assert listed == [user for user in everyone if user["tenant_id"] == tenant]
+
+
+@pytest.mark.parametrize("roles", ["admin", "member", "guest"])
+def test_another_tenants_user_is_the_same_404_as_a_missing_one(
+    client: FlaskClient, roles: str
+) -> None:
+    other = other_tenants_user(client)
+    caller = jwt_caller("acme", roles)
+    missing = problem(client.get("/users/usr_000000000000", headers=caller), 404)
+    for response in (
+        client.get(f"/users/{other['id']}", headers=caller),
+        client.patch(f"/users/{other['id']}", json={"name": "Taken Over"}, headers=caller),
+        client.patch(f"/users/{other['id']}", json={"role": "x"}, headers=caller),
+        client.delete(f"/users/{other['id']}", headers=caller),
+    ):
+        body = problem(response, 404)
+        assert body["code"] == missing["code"] == "not_found"
+        assert body["title"] == missing["title"]
+        assert body["detail"] == missing["detail"].replace("usr_000000000000", other["id"])
+    assert client.get(f"/users/{other['id']}").get_json() == other  # unchanged, still there
+
+
+def test_new_users_join_the_callers_tenant(client: FlaskClient) -> None:
+    admin = jwt_caller("globex")
+    created = client.post("/users", json={"email": "g@example.com", "name": "G"}, headers=admin)
+    assert created.status_code == 201 and created.get_json()["tenant_id"] == "globex"
+    new_id = created.get_json()["id"]
+    problem(client.get(f"/users/{new_id}", headers=jwt_caller("acme")), 404)
+    assert new_id not in {user["id"] for user in all_users(client, jwt_caller("acme"))}
+    assert new_id in {user["id"] for user in all_users(client, jwt_caller("globex", "member"))}
+
+    elsewhere = client.post("/users", json={**NEW, "tenant_id": "acme"}, headers=admin)
+    assert [e["field"] for e in problem(elsewhere, 422)["errors"]] == ["tenant_id"]
+    assert NEW["email"] not in {user["email"] for user in all_users(client, {})}
+
+
+def test_an_admin_manages_their_tenants_users_but_cannot_move_one_out(
+    client: FlaskClient,
+) -> None:
+    admin = jwt_caller("acme")
+    user = client.post("/users", json={**NEW, "tenant_id": "acme"}, headers=admin).get_json()
+    assert client.get(f"/users/{user['id']}", headers=admin).get_json() == user
+    moved = client.patch(f"/users/{user['id']}", json={"tenant_id": "globex"}, headers=admin)
+    assert [e["field"] for e in problem(moved, 422)["errors"]] == ["tenant_id"]
+    assert client.get(f"/users/{user['id']}").get_json()["tenant_id"] == "acme"
+    same = {"tenant_id": "acme", "name": "Renamed"}
+    changed = client.patch(f"/users/{user['id']}", json=same, headers=admin)
+    assert changed.status_code == 200 and changed.get_json()["name"] == "Renamed"
+    assert client.delete(f"/users/{user['id']}", headers=admin).status_code == 204
+
+
+def test_a_direct_call_moves_a_user_and_the_listings_follow(client: FlaskClient) -> None:
+    user = client.post("/users", json=NEW).get_json()
+    moved = client.patch(f"/users/{user['id']}", json={"tenant_id": "globex"})
+    assert moved.status_code == 200 and moved.get_json()["tenant_id"] == "globex"
+    assert user["id"] not in {u["id"] for u in all_users(client, jwt_caller("acme"))}
+    assert user["id"] in {u["id"] for u in all_users(client, jwt_caller("globex"))}
+    problem(client.delete(f"/users/{user['id']}", headers=jwt_caller("acme")), 404)
+    assert client.delete(f"/users/{user['id']}", headers=jwt_caller("globex")).status_code == 204
+
+
+@pytest.mark.parametrize("roles", ["admin", "member", "admin,service"])
+def test_a_token_without_a_tenant_reaches_no_user(client: FlaskClient, roles: str) -> None:
+    caller = jwt_caller(None, roles)
+    some = all_users(client, {})[0]
+    assert all_users(client, caller) == []
+    problem(client.get(f"/users/{some['id']}", headers=caller), 404)
+    problem(client.patch(f"/users/{some['id']}", json={"name": "X"}, headers=caller), 404)
+    problem(client.delete(f"/users/{some['id']}", headers=caller), 404)
+    for body in (NEW, {"email": "x@example.com", "name": "X"}):
+        created = client.post("/users", json=body, headers=caller)
+        assert [e["field"] for e in problem(created, 422)["errors"]] == ["tenant_id"]
+    assert client.get(f"/users/{some['id']}").get_json() == some
+
+
+def test_the_service_key_reads_every_tenant_and_changes_nothing(client: FlaskClient) -> None:
+    everyone = all_users(client, {})
+    assert all_users(client, SERVICE, limit=7) == everyone
+    other = other_tenants_user(client)
+    assert client.get(f"/users/{other['id']}", headers=SERVICE).get_json() == other
+    for response in (
+        client.post("/users", json=NEW, headers=SERVICE),
+        client.patch(f"/users/{other['id']}", json={"name": "X"}, headers=SERVICE),
+        client.delete(f"/users/{other['id']}", headers=SERVICE),
+        client.delete("/users/usr_000000000000", headers=SERVICE),
+    ):
+        assert problem(response, 403)["code"] == "forbidden"
+    assert all_users(client, {}) == everyone
+
+
+def test_a_users_cursor_works_only_for_the_tenant_that_got_it(client: FlaskClient) -> None:
+    acme = jwt_caller("acme", "member")
+    cursor = client.get("/users?limit=3", headers=acme).get_json()["next_cursor"]
+    assert cursor
+    assert client.get(f"/users?limit=3&cursor={cursor}", headers=acme).status_code == 200
+    for headers in (jwt_caller("globex", "member"), SERVICE, {}):
+        response = client.get(f"/users?limit=3&cursor={cursor}", headers=headers)
+        assert problem(response, 400)["code"] == "invalid_cursor"

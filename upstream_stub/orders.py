@@ -4,9 +4,11 @@ v1 shows `total` as a number of major units (12.5); v2 as an exact object
 {"amount_cents": 1250, "currency": "EUR"}. Both views read and write the same
 orders, so an order created through v1 is visible through v2 and vice versa.
 
-Visibility follows the caller's identity headers: admin and service see every
-order; any other identified caller (a member) sees only orders they own, and
-someone else's order id is a 404 for them, not a 403, so ids do not leak.
+Visibility follows the caller's identity headers (upstream_stub.callers): an admin
+sees every order of their own tenant; any other caller of a tenant (a member) sees
+only the orders they own in it; the service key reads every tenant's orders. An
+order the caller may not see is a 404, exactly like one that does not exist, so
+neither ids nor other tenants' orders leak.
 """
 
 from __future__ import annotations
@@ -23,14 +25,15 @@ from upstream_stub.callers import Caller, current_caller
 from upstream_stub.models import DEFAULT_CURRENCY, Item, Order, new_id
 from upstream_stub.pagination import page_response
 from upstream_stub.problems import Problem
-from upstream_stub.state import orders_state
+from upstream_stub.state import orders_state, owner_group, tenant_group
 from upstream_stub.validation import Errors, integer, json_object, reject_unknown, text
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_AMOUNT_CENTS = 100_000_000_000  # one billion in major units
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
-# The one group no real user id can be: what a caller without X-User-Id owns.
+# The one id no real user or tenant has: what a caller without X-User-Id owns, and
+# the tenant of a caller without X-Tenant-Id (so both list nothing).
 _NOBODY = ""
 
 blueprint = Blueprint("orders", __name__)
@@ -41,10 +44,24 @@ REPRESENTATIONS: dict[str, Callable[[Order], dict[str, Any]]] = {
 }
 
 
-def _visible(order: Order | None, caller: Caller) -> bool:
-    if order is None:
-        return False
-    return caller.sees_everything or order.user_id == caller.user_id
+def _visible(order: Order, caller: Caller) -> bool:
+    if caller.every_tenant:
+        return True
+    return caller.reads(order.tenant_id) and (caller.admin or order.user_id == caller.user_id)
+
+
+def _deletable(order: Order, caller: Caller) -> bool:
+    return caller.writes(order.tenant_id) and _visible(order, caller)
+
+
+def _group(caller: Caller) -> str | None:
+    """The listing a caller pages through: None for every order."""
+    if caller.every_tenant:
+        return None
+    tenant = caller.tenant_id or _NOBODY
+    if caller.admin:
+        return tenant_group(tenant)
+    return owner_group(tenant, caller.user_id or _NOBODY)
 
 
 def _not_found(order_id: str) -> Problem:
@@ -148,32 +165,37 @@ _TOTALS = {"v1": _v1_total, "v2": _v2_total}
 @blueprint.get("/<any(v1, v2):version>/orders")
 def list_orders(version: str) -> Response:
     state = orders_state()
-    caller = current_caller()
-    group = None if caller.sees_everything else (caller.user_id or _NOBODY)
     return page_response(
-        state.orders, "orders", state.cursors, REPRESENTATIONS[version], group=group
+        state.orders,
+        "orders",
+        state.cursors,
+        REPRESENTATIONS[version],
+        group=_group(current_caller()),
     )
 
 
 @blueprint.post("/<any(v1, v2):version>/orders")
 def create_order(version: str) -> Response:
     caller = current_caller()
+    caller.refuse_read_only()
     body = json_object()
     errors = Errors()
     if caller.user_id is None:
         errors.add("X-User-Id", "is required: a new order belongs to the calling user")
+    if caller.tenant_id is None:
+        errors.add("X-Tenant-Id", "is required: a new order belongs to the caller's tenant")
     reject_unknown(body, ("items", "total"), errors)
     items = _items(body, errors)
     total = _TOTALS[version](body, errors)
     errors.raise_any()
-    assert caller.user_id is not None and total is not None
-    owner = caller.user_id
+    assert caller.user_id is not None and caller.tenant_id is not None and total is not None
+    owner, tenant = caller.user_id, caller.tenant_id
     cents, currency = total
     order = orders_state().orders.insert(
         lambda created_us: Order(
             id=new_id("ord"),
             user_id=owner,
-            tenant_id=caller.tenant_id,
+            tenant_id=tenant,
             status="pending",
             items=items,
             amount_cents=cents,
@@ -197,10 +219,8 @@ def get_order(version: str, order_id: str) -> Response:
 
 @blueprint.delete("/<any(v1, v2):version>/orders/<order_id>")
 def delete_order(version: str, order_id: str) -> Response:
-    state = orders_state()
-    order = state.orders.get(order_id)
-    if order is None or not _visible(order, current_caller()):
-        raise _not_found(order_id)
-    if not state.orders.delete(order_id):
+    caller = current_caller()
+    caller.refuse_read_only()
+    if not orders_state().orders.delete(order_id, where=lambda order: _deletable(order, caller)):
         raise _not_found(order_id)
     return Response(status=204)

@@ -3,7 +3,9 @@
 `?limit=` defaults to 50 and is clamped to 200; below 1 or not a whole number is a
 400. `?cursor=` is opaque: base64url of the last item's position (created_at, id)
 and the collection it belongs to, followed by an HMAC-SHA256 tag, so a client can
-neither forge a position nor carry a cursor over to another collection. Pages are
+neither forge a position nor carry a cursor over to another collection. The tag also
+covers the listing's scope (one tenant's records, one owner's), so a cursor works
+only in the listing that issued it, never in another tenant's. Pages are
 newest first and each page starts strictly after the previous page's last item
 (keyset pagination), which is what makes concurrent inserts harmless.
 """
@@ -32,6 +34,7 @@ MAX_CURSOR_CHARS = 512
 CURSOR_SECRET_ENV = "STUB_CURSOR_SECRET"
 _INTEGER = re.compile(r"^([+-]?)([0-9]+)$")
 _SEPARATOR = "\x1f"  # cannot occur in a collection name or an id
+_SCOPE_SEPARATOR = b"\x1e"  # cannot occur in an id either: it ends the position
 
 R = TypeVar("R", bound=Record)
 
@@ -80,16 +83,20 @@ class CursorCodec:
             raise ValueError("the cursor secret must be at least 16 bytes")
         self._secret = secret
 
-    def _tag(self, payload: bytes) -> bytes:
-        return hmac.new(self._secret, payload, hashlib.sha256).digest()
+    def _tag(self, payload: bytes, scope: str | None) -> bytes:
+        # The scope is signed but not carried: the listing that checks a cursor
+        # supplies its own, so another listing's cursor simply fails the check.
+        message = payload if scope is None else payload + _SCOPE_SEPARATOR + scope.encode()
+        return hmac.new(self._secret, message, hashlib.sha256).digest()
 
-    def encode(self, collection: str, position: Position) -> str:
+    def encode(self, collection: str, position: Position, scope: str | None = None) -> str:
         created_us, record_id = position
         payload = _SEPARATOR.join((collection, str(created_us), record_id)).encode("utf-8")
-        return f"{_b64(payload)}.{_b64(self._tag(payload))}"
+        return f"{_b64(payload)}.{_b64(self._tag(payload, scope))}"
 
-    def decode(self, collection: str, cursor: str) -> Position:
-        """The position in `cursor`, or a 400 problem if it is not one of ours for it."""
+    def decode(self, collection: str, cursor: str, scope: str | None = None) -> Position:
+        """The position in `cursor`, or a 400 problem if it is not one of ours for
+        this collection and scope."""
         invalid = Problem(
             400,
             "The cursor is not valid here; start again without one.",
@@ -103,7 +110,7 @@ class CursorCodec:
             tag = _unb64(tag_text)
         except (ValueError, binascii.Error):
             raise invalid from None
-        if not hmac.compare_digest(tag, self._tag(payload)):
+        if not hmac.compare_digest(tag, self._tag(payload, scope)):
             raise invalid
         try:
             name, created, record_id = payload.decode("utf-8").split(_SEPARATOR)
@@ -123,15 +130,18 @@ def page_response(
     *,
     group: str | None = None,
 ) -> Response:
-    """One page of `collection` for the current request, with next_cursor and Link."""
+    """One page of `collection` for the current request, with next_cursor and Link.
+
+    With `group`, only that group's records, and cursors valid for that group only.
+    """
     limit = parse_limit(request.args.get("limit"))
     raw_cursor = request.args.get("cursor")
-    before = codec.decode(name, raw_cursor) if raw_cursor else None
+    before = codec.decode(name, raw_cursor, group) if raw_cursor else None
     page = collection.page(limit, before=before, group=group)
     next_cursor = None
     if page.has_more and page.items:
         last = page.items[-1]
-        next_cursor = codec.encode(name, (last.created_us, last.id))
+        next_cursor = codec.encode(name, (last.created_us, last.id), group)
     response = jsonify(
         {"data": [represent(item) for item in page.items], "next_cursor": next_cursor}
     )

@@ -6,6 +6,7 @@ has its own store and the factories can be called any number of times.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from flask import current_app
@@ -31,12 +32,31 @@ class OrdersState:
     cursors: CursorCodec
 
 
+def tenant_group(tenant_id: str) -> str:
+    """The group of a tenant's records: what a tenant admin lists."""
+    return json.dumps(["tenant", tenant_id])
+
+
+def owner_group(tenant_id: str, user_id: str) -> str:
+    """The group of one user's records in one tenant: what a member lists."""
+    # JSON, not a joined string, so no tenant and user pair can spell another's key.
+    return json.dumps(["owner", tenant_id, user_id])
+
+
+def _order_groups(order: Order) -> tuple[str, ...]:
+    if order.tenant_id is None:  # outside every tenant: only cross-tenant readers see it
+        return ()
+    return (tenant_group(order.tenant_id), owner_group(order.tenant_id, order.user_id))
+
+
 def new_users_collection() -> Collection[User]:
-    return Collection[User](unique=lambda user: user.email)
+    return Collection[User](
+        unique=lambda user: user.email, group=lambda user: tenant_group(user.tenant_id)
+    )
 
 
 def new_orders_collection() -> Collection[Order]:
-    return Collection[Order](group=lambda order: order.user_id)
+    return Collection[Order](groups=_order_groups)
 
 
 def users_state() -> UsersState:

@@ -56,11 +56,13 @@ def wall_clock_us() -> int:
 
 
 class Collection(Generic[R]):
-    """Records by id, kept in position order, with an optional unique key and group.
+    """Records by id, kept in position order, with an optional unique key and groups.
 
     unique: a value no two records may share (compared as given).
     group: a value records are also listed by (e.g. an order's owner), so a
     member's page costs as little as an admin's.
+    groups: several such values per record (e.g. an order's tenant, and its tenant
+    and owner together), for collections listed more than one way.
     """
 
     def __init__(
@@ -68,11 +70,14 @@ class Collection(Generic[R]):
         *,
         unique: Callable[[R], str] | None = None,
         group: Callable[[R], str | None] | None = None,
+        groups: Callable[[R], Iterable[str]] | None = None,
         clock: Callable[[], int] = wall_clock_us,
     ) -> None:
+        if group is not None and groups is not None:
+            raise ValueError("give group or groups, not both")
         self._lock = threading.Lock()
         self._unique_of = unique
-        self._group_of = group
+        self._groups_of = _one_group(group) if group is not None else _groups(groups)
         self._clock = clock
         self._by_id: dict[str, R] = {}
         self._positions: list[Position] = []
@@ -110,7 +115,12 @@ class Collection(Generic[R]):
             return self._by_id.get(record_id) if record_id is not None else None
 
     def replace(self, record_id: str, change: Callable[[R], R]) -> R | None:
-        """Swaps a record for change(record); its id and position must stay."""
+        """Swaps a record for change(record); its id and position must stay.
+
+        change runs under the lock, so it sees the record as it is; an exception it
+        raises leaves the record unchanged. A record whose groups change is listed
+        under its new groups from then on.
+        """
         with self._lock:
             old = self._by_id.get(record_id)
             if old is None:
@@ -118,8 +128,6 @@ class Collection(Generic[R]):
             new = change(old)
             if _position(new) != _position(old):
                 raise ValueError("a replacement must keep the record's id and position")
-            if self._group_of is not None and self._group_of(new) != self._group_of(old):
-                raise ValueError("a replacement must keep the record's group")
             if self._unique_of is not None:
                 old_value, new_value = self._unique_of(old), self._unique_of(new)
                 if new_value != old_value:
@@ -127,19 +135,28 @@ class Collection(Generic[R]):
                         raise Duplicate(new_value)
                     del self._unique[old_value]
                     self._unique[new_value] = record_id
+            if self._groups_of is not None:
+                old_groups, new_groups = self._groups_of(old), self._groups_of(new)
+                position = _position(old)
+                for name in old_groups - new_groups:
+                    _remove(self._groups[name], position)
+                for name in new_groups - old_groups:
+                    bisect.insort(self._groups.setdefault(name, []), position)
             self._by_id[record_id] = new
             return new
 
-    def delete(self, record_id: str) -> bool:
+    def delete(self, record_id: str, where: Callable[[R], bool] | None = None) -> bool:
+        """Removes a record, if there is one and where(record) holds (checked under
+        the lock, so a record changed meanwhile is judged as it is now)."""
         with self._lock:
-            record = self._by_id.pop(record_id, None)
-            if record is None:
+            record = self._by_id.get(record_id)
+            if record is None or (where is not None and not where(record)):
                 return False
+            del self._by_id[record_id]
             position = _position(record)
             _remove(self._positions, position)
-            group = self._group_of(record) if self._group_of is not None else None
-            if group is not None:
-                _remove(self._groups[group], position)
+            for name in self._groups_of(record) if self._groups_of is not None else ():
+                _remove(self._groups[name], position)
             if self._unique_of is not None:
                 del self._unique[self._unique_of(record)]
             return True
@@ -157,7 +174,7 @@ class Collection(Generic[R]):
             if group is None:
                 positions = self._positions
             else:
-                if self._group_of is None:
+                if self._groups_of is None:
                     raise ValueError("this collection has no groups")
                 positions = self._groups.get(group, [])
             end = len(positions) if before is None else bisect.bisect_left(positions, before)
@@ -176,10 +193,25 @@ class Collection(Generic[R]):
         position = _position(record)
         self._by_id[record.id] = record
         bisect.insort(self._positions, position)
-        group = self._group_of(record) if self._group_of is not None else None
-        if group is not None:
-            bisect.insort(self._groups.setdefault(group, []), position)
+        for name in self._groups_of(record) if self._groups_of is not None else ():
+            bisect.insort(self._groups.setdefault(name, []), position)
         self._latest_us = max(self._latest_us, record.created_us)
+
+
+def _one_group(group: Callable[[R], str | None]) -> Callable[[R], frozenset[str]]:
+    def groups_of(record: R) -> frozenset[str]:
+        name = group(record)
+        return frozenset() if name is None else frozenset((name,))
+
+    return groups_of
+
+
+def _groups(
+    groups: Callable[[R], Iterable[str]] | None,
+) -> Callable[[R], frozenset[str]] | None:
+    if groups is None:
+        return None
+    return lambda record: frozenset(groups(record))
 
 
 def _remove(positions: list[Position], position: Position) -> None:

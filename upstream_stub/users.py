@@ -3,6 +3,11 @@
 Emails are unique case-insensitively (stored in lower case), so a duplicate is a
 409 whatever its spelling. Passwords are accepted on create and change, stored only
 as hashes (upstream_stub.passwords), and never returned.
+
+Each caller reaches the users of its own tenant only (upstream_stub.callers): a user
+of another tenant is the same 404 as one that does not exist, and new users join the
+caller's tenant. Emails stay unique across tenants, so a 409 can tell an admin that
+an address is taken somewhere else; it names nothing else about that user.
 """
 
 from __future__ import annotations
@@ -13,12 +18,12 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify
 
-from upstream_stub.callers import current_caller
+from upstream_stub.callers import Caller, current_caller
 from upstream_stub.models import ROLES, User, new_id
 from upstream_stub.pagination import page_response
 from upstream_stub.passwords import hash_password
 from upstream_stub.problems import Problem
-from upstream_stub.state import users_state
+from upstream_stub.state import tenant_group, users_state
 from upstream_stub.store import Duplicate, wall_clock_us
 from upstream_stub.validation import Errors, email, json_object, reject_unknown, text
 
@@ -76,26 +81,45 @@ def _no_nulls(body: dict[str, Any], errors: Errors) -> None:
             errors.add(name, "must not be null")
 
 
+def _new_users_tenant(chosen: str | None, caller: Caller, errors: Errors) -> str | None:
+    """The tenant a new user joins: the caller's own; a direct call must name one."""
+    if caller.anonymous:
+        if chosen is None:
+            errors.add("tenant_id", "is required (the caller has no tenant to default to)")
+        return chosen
+    own = caller.tenant_id
+    if own is None:
+        errors.add("tenant_id", "cannot be set: the caller belongs to no tenant")
+        return None
+    if chosen is not None and chosen != own:
+        errors.add("tenant_id", "must be the caller's own tenant")
+        return None
+    return own
+
+
 @blueprint.get("/users")
 def list_users() -> Response:
     state = users_state()
-    return page_response(state.users, "users", state.cursors, User.public)
+    caller = current_caller()
+    # A caller without a tenant gets the group of "" (no user has that tenant): empty.
+    group = None if caller.every_tenant else tenant_group(caller.tenant_id or "")
+    return page_response(state.users, "users", state.cursors, User.public, group=group)
 
 
 @blueprint.post("/users")
 def create_user() -> Response:
+    caller = current_caller()
+    caller.refuse_read_only()
     body = json_object()
     errors = Errors()
     reject_unknown(body, _FIELDS, errors)
     address = email(body, "email", errors)
     name = text(body, "name", errors)
     role = _role(body, errors, required=False) or "member"
-    tenant = _tenant(body, errors, required=False)
-    if tenant is None and body.get("tenant_id") is None:
-        # An admin creates users in their own tenant unless told otherwise.
-        tenant = current_caller().tenant_id
-        if tenant is None:
-            errors.add("tenant_id", "is required (the caller has no tenant to default to)")
+    chosen = _tenant(body, errors, required=False)
+    tenant = None
+    if chosen is not None or body.get("tenant_id") is None:  # not when it was invalid
+        tenant = _new_users_tenant(chosen, caller, errors)
     password = _password(body, errors)
     errors.raise_any()
     assert address is not None and name is not None and tenant is not None
@@ -125,7 +149,7 @@ def create_user() -> Response:
 @blueprint.get("/users/<user_id>")
 def get_user(user_id: str) -> Response:
     user = users_state().users.get(user_id)
-    if user is None:
+    if user is None or not current_caller().reads(user.tenant_id):
         raise _not_found(user_id)
     return jsonify(user.public())
 
@@ -133,7 +157,10 @@ def get_user(user_id: str) -> Response:
 @blueprint.patch("/users/<user_id>")
 def update_user(user_id: str) -> Response:
     state = users_state()
-    if state.users.get(user_id) is None:  # 404 before 422: the target comes first
+    caller = current_caller()
+    caller.refuse_read_only()
+    target = state.users.get(user_id)
+    if target is None or not caller.writes(target.tenant_id):  # 404 before 422
         raise _not_found(user_id)
     body = json_object()
     errors = Errors()
@@ -147,18 +174,25 @@ def update_user(user_id: str) -> Response:
     if body.get("role") is not None and (role := _role(body, errors, required=True)):
         changes["role"] = role
     if body.get("tenant_id") is not None and (tenant := _tenant(body, errors, required=True)):
-        changes["tenant_id"] = tenant
+        if caller.writes(tenant):  # only a direct call moves a user to another tenant
+            changes["tenant_id"] = tenant
+        else:
+            errors.add("tenant_id", "must be the caller's own tenant")
     password = _password(body, errors)
     errors.raise_any()
     if password is not None:
         changes["password_hash"] = hash_password(password)
     elif "password" in body:  # an explicit null: this user can no longer log in
         changes["password_hash"] = None
+
+    def change(old: User) -> User:
+        # Checked again under the store's lock: the user may have moved meanwhile.
+        if not caller.writes(old.tenant_id):
+            raise _not_found(user_id)
+        return replace(old, **changes, updated_us=max(wall_clock_us(), old.updated_us))
+
     try:
-        user = state.users.replace(
-            user_id,
-            lambda old: replace(old, **changes, updated_us=max(wall_clock_us(), old.updated_us)),
-        )
+        user = state.users.replace(user_id, change)
     except Duplicate:
         raise _duplicate(changes["email"]) from None
     if user is None:  # deleted meanwhile
@@ -168,6 +202,8 @@ def update_user(user_id: str) -> Response:
 
 @blueprint.delete("/users/<user_id>")
 def delete_user(user_id: str) -> Response:
-    if not users_state().users.delete(user_id):
+    caller = current_caller()
+    caller.refuse_read_only()
+    if not users_state().users.delete(user_id, where=lambda user: caller.writes(user.tenant_id)):
         raise _not_found(user_id)
     return Response(status=204)

@@ -1,8 +1,9 @@
 """End to end: who sees which orders through the gateway, and a member's new order.
 
 The orders stub decides visibility from the identity the gateway sends (X-User-Id from
-the token's `sub`, X-User-Roles from its role): a member sees only their own orders and
-gets a 404 problem for anyone else's; an admin sees them all.
+the token's `sub`, X-User-Roles from its role, X-Tenant-Id from its `tenant_id`): a
+member sees only their own orders and gets a 404 problem for anyone else's; an admin
+sees every order of their tenant. Other tenants are covered in test_e2e_tenants.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .stack_support import (
     ReferenceStack,
     StackClient,
     assert_gateway_problem,
+    jwt_claims,
     stack_fixtures,
 )
 
@@ -28,28 +30,29 @@ NEW_ORDER = {
 }
 
 
-def test_member_sees_only_own_orders_admin_sees_all(
+def test_member_sees_only_own_orders_admin_sees_the_tenants(
     reference_stack: ReferenceStack, api: StackClient
 ) -> None:
     member = reference_stack.logins["member"]
     admin = reference_stack.logins["admin"]
+    tenant = jwt_claims(admin.access_token)["tenant_id"]
 
     mine = api.collection("/api/v2/orders", [member.bearer])
     assert mine, "the seeded data gives the demo member orders of their own"
     assert {order["user_id"] for order in mine} == {member.sub}
     assert len({order["id"] for order in mine}) == len(mine)
 
-    everything = api.collection("/api/v2/orders", [admin.bearer])
-    owners = {order["user_id"] for order in everything}
+    tenants = api.collection("/api/v2/orders", [admin.bearer])
+    owners = {order["user_id"] for order in tenants}
     assert member.sub in owners and len(owners) > 2, "admin sees other users' orders"
     direct = reference_stack.direct_collection(reference_stack.orders, "/v2/orders")
-    assert {o["id"] for o in everything} == {o["id"] for o in direct}
-    assert len({o["id"] for o in everything}) == len(everything)
+    assert {o["id"] for o in tenants} == {o["id"] for o in direct if o["tenant_id"] == tenant}
+    assert len({o["id"] for o in tenants}) == len(tenants)
     assert {o["id"] for o in mine} == {o["id"] for o in direct if o["user_id"] == member.sub}
 
-    # Someone else's order is not there for the member (404, not 403: ids do not leak),
-    # through every path that reads one order.
-    foreign = next(o["id"] for o in everything if o["user_id"] != member.sub)
+    # Someone else's order of the same tenant is not there for the member (404, not
+    # 403: ids do not leak), through every path that reads one order.
+    foreign = next(o["id"] for o in tenants if o["user_id"] != member.sub)
     for path in (
         f"/api/v2/orders/{foreign}",
         f"/api/v1/orders/{foreign}",
