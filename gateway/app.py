@@ -14,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from gateway.breaker import State
-from gateway.clientinfo import client_info
+from gateway.clientinfo import client_info, host_warning, require_host
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
@@ -168,6 +168,7 @@ class Gateway:
 
     def _route(self, ctx: RequestContext) -> Response:
         req = ctx.request
+        require_host(ctx.client)  # RFC 9112 §3.2: 400 for a missing or invalid Host
         reason = unsafe_path_reason(ctx.raw_path)
         if reason:
             raise InvalidPath(f"The request path is refused: {reason}.")
@@ -322,6 +323,9 @@ def create_app(config: Config | str | None = None) -> Flask:
     if not isinstance(config, Config):
         config = load_config(resolve_config_path(config))
     setup_logging()
+    warning = host_warning(config.gateway)
+    if warning is not None:  # every way of serving builds the app: each worker says it once
+        log.warning(warning)
     app = GatewayFlask("gateway", static_folder=None)
     app.gateway = Gateway(config)
     return app

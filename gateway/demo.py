@@ -122,6 +122,9 @@ class Demo:
             **os.environ,
             "USERS_URL": users_url,
             "ORDERS_URL": f"http://{HOST}:{orders_port}",
+            # Links the gateway sends name the address the banner prints, whatever Host
+            # a client sends (the reference routes.yaml reads this).
+            "GATEWAY_PUBLIC_URL": f"http://{HOST}:{gateway_port}",
         }
         self.parts = [
             Part(

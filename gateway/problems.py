@@ -23,9 +23,11 @@ anything the upstream wrote.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any
+from urllib.parse import urlsplit
 
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import HTTPException
@@ -133,6 +135,11 @@ class InvalidPath(BadRequest):
     code = "invalid_path"
 
 
+class InvalidHost(BadRequest):
+    """RFC 9112 §3.2: a server MUST answer 400 to an HTTP/1.1 request without a Host
+    field, and to any request with more than one or with an invalid value."""
+
+
 class UnsupportedVersion(BadRequest):
     code = "unsupported_version"
 
@@ -156,8 +163,10 @@ class MethodNotAllowed(GatewayError):
         super().__init__(detail, headers={"Allow": ", ".join(allowed)})
 
 
+
 class PayloadTooLarge(GatewayError):
     status, code, title = 413, "payload_too_large", "Content Too Large"
+
 
 
 class RateLimited(GatewayError):
@@ -178,6 +187,7 @@ class ServiceUnavailable(GatewayError):
 
 class UpstreamTimeout(GatewayError):
     status, code, title = 504, "upstream_timeout", "Gateway Timeout"
+
 
 
 def render(body: Mapping[str, Any], status: int, headers: Headers | None = None) -> Response:
@@ -274,6 +284,8 @@ def upstream_problem(
         title = upstream.get("title") if isinstance(upstream.get("title"), str) else None
         detail = upstream.get("detail") if isinstance(upstream.get("detail"), str) else None
         type_ = upstream.get("type") if isinstance(upstream.get("type"), str) else None
+        if type_:
+            type_ = safe_problem_type(type_)
         return problem_body(
             status,
             code,
@@ -299,3 +311,30 @@ def upstream_problem(
 
 
 _MANAGED = {"type", "title", "status", "detail", "instance", "code", "request_id"}
+# RFC 3986 §2: every character a URI reference may hold. Anything else (whitespace,
+# controls, "\\", quotes, non-ASCII) is refused before parsing: browsers, like
+# urlsplit, drop some of them, so " javascript:" and "java\tscript:" would run.
+_URI_CHARS = re.compile(r"[A-Za-z0-9._~:/?#\[\]@!$&'()*+,;=%-]*")
+
+
+def safe_problem_type(value: str) -> str:
+    """An upstream's problem `type` if a browser that follows it stays on the web:
+    an absolute http(s) URI with a host and no userinfo, or a relative reference with
+    no scheme and no authority; else "about:blank" (RFC 9457 §3.1.1: the type is a
+    URI reference, and about:blank says nothing more than the status)."""
+    if not _URI_CHARS.fullmatch(value):
+        return "about:blank"
+    try:
+        parts = urlsplit(value)
+        _ = parts.port  # a port that is not a number in range raises ValueError
+    except ValueError:
+        return "about:blank"
+    if parts.scheme:
+        if parts.scheme.lower() in ("http", "https") and parts.hostname and "@" not in parts.netloc:
+            return value
+        return "about:blank"
+    # "//host/x" (and "///host/x", which browsers read alike for http) is a
+    # network-path reference (RFC 3986 §4.2): relative, yet it names another host.
+    if value.startswith("//"):
+        return "about:blank"
+    return value

@@ -363,6 +363,8 @@ class Stack:
         env.update(
             USERS_URL=f"http://{HOST}:{users}",
             ORDERS_URL=f"http://{HOST}:{orders}",
+            # Links name the gateway's own address, also on ports other than 8080.
+            GATEWAY_PUBLIC_URL=self.url,
             RATE_LIMIT_STORAGE=self.storage,
             # Every load user of one role shares one identity (and all share one
             # address): the per-client limits they would exhaust are raised.

@@ -353,3 +353,18 @@ def test_raw_request_path_prefers_what_the_client_sent(
     environ: dict[str, Any], expected: str
 ) -> None:
     assert raw_request_path(environ) == expected
+
+
+def test_an_app_whose_links_follow_the_host_header_warns_at_start(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="gateway"):
+        app = create_app(load_config_text(CONFIG, "routes.yaml", {}))
+    app.gateway.close()  # type: ignore[attr-defined]
+    assert any("public_url is empty" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    configured = CONFIG.replace("  max_body_bytes: 1000", "  public_url: https://api.test")
+    with caplog.at_level("WARNING", logger="gateway"):
+        app = create_app(load_config_text(configured, "routes.yaml", {}))
+    app.gateway.close()  # type: ignore[attr-defined]
+    assert not any("public_url is empty" in r.getMessage() for r in caplog.records)

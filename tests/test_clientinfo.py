@@ -6,7 +6,9 @@ import pytest
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
-from gateway.clientinfo import ClientInfo, client_info
+from gateway.clientinfo import ClientInfo, client_info, host_warning, require_host, valid_host
+from gateway.config.model import GatewaySettings
+from gateway.problems import InvalidHost
 
 PEER = "10.0.0.2"  # the socket peer: the gateway's nearest proxy, or the client itself
 
@@ -90,7 +92,21 @@ def test_unknown_forwarded_proto_is_ignored(proto: str) -> None:
     assert client_info(request("203.0.113.7", X_Forwarded_Proto=proto), 1).proto == "http"
 
 
-@pytest.mark.parametrize("host", ["evil.example/path", "a b", "user@evil.example", "<x>"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "evil.example/path",
+        "a b",
+        "user@evil.example",
+        "<x>",
+        "evil.example:0",
+        "evil.example:99999",
+        "evil.example:",
+        "::::",
+        "[::1",
+        "\uff45vil.example",  # fullwidth "e": a letter to str.isalnum, not to RFC 3986
+    ],
+)
 def test_forwarded_host_with_odd_characters_is_ignored(host: str) -> None:
     info = client_info(request("203.0.113.7", X_Forwarded_Host=host), 1)
     assert info.host == "gateway.example:8080"
@@ -145,3 +161,110 @@ def test_empty_entries_are_skipped() -> None:
 )
 def test_ports_and_ipv6_forms_are_normalised(entry: str, ip: str) -> None:
     assert client_info(request(entry), 1).ip == ip
+
+
+# --- the Host header (RFC 9112 §3.2) ---------------------------------------------------------
+
+
+def with_host(host: str | None, *, protocol: str = "HTTP/1.1", **headers: str) -> Request:
+    """A request whose Host field is exactly `host` (None: no Host field at all)."""
+    environ = request(**headers).environ
+    environ["SERVER_PROTOCOL"] = protocol
+    if host is None:
+        del environ["HTTP_HOST"]
+    else:
+        environ["HTTP_HOST"] = host
+    return Request(environ)
+
+
+INVALID_HOSTS = [
+    "a@evil.example",
+    "user:pass@evil.example",
+    "evil.example/path",
+    "evil.example?x",
+    "evil.example#x",
+    "",
+    " ",
+    ":8080",
+    "evil.example:",
+    "evil.example:0",
+    "evil.example:65536",
+    "evil.example:8o",
+    "evil.example:+80",
+    "a:b:c",
+    "evil.example, other.example",  # two Host fields, as a WSGI server folds them
+    "[::1",
+    "[::1]x",
+    "[not-ipv6]",
+    "[fe80::1%25eth0]",
+    "2001:db8::1",  # an IPv6 address outside brackets
+    "ev_il.example",
+    "ev%69l.example",
+    "\u00e9vil.example",
+    "evil.example\\x",
+]
+
+
+@pytest.mark.parametrize("trusted", [0, 1])
+@pytest.mark.parametrize("host", INVALID_HOSTS)
+def test_an_invalid_host_leaves_no_host_and_is_refused(host: str, trusted: int) -> None:
+    info = client_info(with_host(host, X_Forwarded_Host="gateway.example"), trusted)
+    assert info.host == ""
+    assert info.host_refused == "The Host header is not a valid host."
+    assert not valid_host(host)
+    with pytest.raises(InvalidHost) as refused:
+        require_host(info)
+    assert (refused.value.status, refused.value.code) == (400, "bad_request")
+
+
+@pytest.mark.parametrize(
+    ("host", "kept"),
+    [
+        ("gateway.example", "gateway.example"),
+        ("GW-1.Example.:8443", "GW-1.Example.:8443"),
+        ("localhost:8080", "localhost:8080"),
+        ("127.0.0.1:65535", "127.0.0.1:65535"),
+        ("[::1]:8080", "[::1]:8080"),
+        ("[2001:db8::1]", "[2001:db8::1]"),
+        ("[::ffff:192.0.2.1]:1", "[::ffff:192.0.2.1]:1"),
+        ("gateway.example:80", "gateway.example"),  # the scheme's default port, as URLs drop it
+    ],
+)
+def test_a_valid_host_is_kept_and_accepted(host: str, kept: str) -> None:
+    info = client_info(with_host(host), 0)
+    assert (info.host, info.host_refused) == (kept, None)
+    require_host(info)
+
+
+def test_an_http11_request_without_host_is_refused() -> None:
+    info = client_info(with_host(None), 0)
+    assert info.host == ""
+    assert info.host_refused == "The request has no Host header."
+    with pytest.raises(InvalidHost):
+        require_host(info)
+
+
+def test_an_http10_request_without_host_gets_the_servers_own_address() -> None:
+    info = client_info(with_host(None, protocol="HTTP/1.0"), 0)
+    assert (info.host, info.host_refused) == ("gateway.example:8080", None)
+    require_host(info)
+
+
+def test_a_believed_forwarded_host_does_not_excuse_an_invalid_host() -> None:
+    info = client_info(with_host("a@evil", X_Forwarded_Host="api.example.com"), 1)
+    assert (info.host, info.host_refused) == ("", "The Host header is not a valid host.")
+
+
+def test_a_believed_forwarded_host_is_validated_like_host() -> None:
+    good = client_info(with_host("10.0.0.2:8080", X_Forwarded_Host="api.example.com:8443"), 1)
+    assert (good.host, good.host_refused) == ("api.example.com:8443", None)
+    odd = client_info(with_host("10.0.0.2:8080", X_Forwarded_Host="api.example.com:0"), 1)
+    assert (odd.host, odd.host_refused) == ("10.0.0.2:8080", None)
+
+
+def test_links_that_follow_the_host_header_are_warned_about() -> None:
+    warning = host_warning(GatewaySettings())
+    assert warning is not None
+    assert "public_url" in warning and "Host header" in warning
+    assert host_warning(GatewaySettings(public_url="https://api.example.com")) is None
+    assert host_warning(GatewaySettings(trusted_proxies=1)) is None

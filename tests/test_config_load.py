@@ -1020,3 +1020,39 @@ def test_config_path_comes_from_the_flag_then_the_environment_then_the_default(
     monkeypatch.setenv("GATEWAY_CONFIG", "/etc/gateway/routes.yaml")
     assert resolve_config_path(None) == "/etc/gateway/routes.yaml"
     assert resolve_config_path("mine.yaml") == "mine.yaml"
+
+
+@pytest.mark.parametrize("role", [" admin", "admin ", "a,b", "ad min", "\u00e9t\u00e9"])
+def test_a_route_role_that_would_not_survive_x_user_roles_is_a_problem(role: str) -> None:
+    text = with_routes(
+        f"""\
+        - name: users.get
+          path: /users/{{id}}
+          methods: [GET]
+          upstream: users
+          auth: [jwt]
+          roles: [member, "{role}"]
+        """,
+        head="auth:\n  jwt: {issuer: i, audience: a, algorithms: [HS256], "
+        "secret: 0123456789abcdef0123456789abcdef}\n",
+    )
+    found = problems(text)
+    assert len(found) == 1, found
+    assert f"role {role!r} must be 1 to 256 printable ASCII characters" in found[0]
+    assert found[0].startswith("routes.yaml:13:")
+
+
+def test_plain_role_names_are_accepted() -> None:
+    text = with_routes(
+        """\
+        - name: users.get
+          path: /users/{id}
+          methods: [GET]
+          upstream: users
+          auth: [jwt]
+          roles: [member, team.lead, ops-2, "x_y"]
+        """,
+        head="auth:\n  jwt: {issuer: i, audience: a, algorithms: [HS256], "
+        "secret: 0123456789abcdef0123456789abcdef}\n",
+    )
+    assert load(text).routes[0].roles == ("member", "team.lead", "ops-2", "x_y")

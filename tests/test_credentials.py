@@ -865,6 +865,29 @@ def test_claims_beyond_ascii_are_refused_not_forwarded(claims_: dict[str, Any]) 
         identity_from_claims(claims_, "role")
 
 
+@pytest.mark.parametrize(
+    "role",
+    [" admin", "admin ", "ad min", " "],
+    ids=["leading", "trailing", "inner", "blank"],
+)
+@pytest.mark.parametrize("shape", ["list", "string"])
+def test_a_role_that_is_empty_or_holds_whitespace_refuses_the_claim(role: str, shape: str) -> None:
+    # Roles are compared exactly everywhere: " admin" must never turn into admin, so it
+    # is refused, not trimmed, and with it the whole claim (as a comma is).
+    value: Any = ["member", role] if shape == "list" else role
+    with pytest.raises(UnusableClaim):
+        roles_from(value)
+    with pytest.raises(UnusableClaim):
+        identity_from_claims({"sub": "u", "role": value}, "role")
+    with pytest.raises(UnusableClaim):
+        roles_from(["member", ""])
+    assert roles_from(["member", "admin"]) == ("member", "admin")
+
+
+def test_a_token_whose_role_holds_a_space_is_refused(hs_verifier: JwtVerifier) -> None:
+    assert reason_of(hs_verifier, mint(role=["member", " admin"])) == "claims"
+
+
 def test_tenant_id_number_becomes_text_and_other_types_are_dropped() -> None:
     assert identity_from_claims({"sub": "u", "tenant_id": 42}, "role").tenant_id == "42"
     assert identity_from_claims({"sub": "u", "tenant_id": True}, "role").tenant_id is None

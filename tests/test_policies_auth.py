@@ -231,6 +231,88 @@ def test_wrong_api_key_fails_exactly_like_a_missing_one(
     assert not upstream.calls
 
 
+def _comparable(response: Any) -> tuple[int, dict[str, str], dict[str, Any]]:
+    """What a client sees of an answer, less what differs on every request."""
+    body = json.loads(response.get_data())
+    body.pop("request_id")
+    headers = {k: v for k, v in response.headers.items() if k != "X-Request-ID"}
+    return response.status_code, headers, body
+
+
+@pytest.mark.parametrize("key", [SERVICE_KEY, ADMIN_KEY])
+def test_any_api_key_on_a_jwt_only_route_gets_the_answer_a_wrong_credential_gets(
+    client: FlaskClient, upstream: respx.MockRouter, key: str
+) -> None:
+    # Whether the key exists must not show (docs/configuration.md, API keys): a valid
+    # key, an unknown one and none at all read alike on a route that takes no keys.
+    sent = client.get("/members", headers={"X-API-Key": key})
+    problem(sent, 401, "unauthorized")
+    assert sent.headers.getlist("WWW-Authenticate") == [CHALLENGE]
+    assert _comparable(sent) == _comparable(client.get("/members", headers={"X-API-Key": "x"}))
+    assert _comparable(sent) == _comparable(client.get("/members"))
+    assert not upstream.calls
+
+
+def test_a_key_on_a_jwt_only_route_is_never_looked_up(
+    app: Flask, client: FlaskClient, upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    looked_up: list[str] = []
+    keyring = app.gateway.keyring  # type: ignore[attr-defined]
+    real = keyring.lookup
+
+    def lookup(presented: str) -> Any:
+        looked_up.append(presented)
+        return real(presented)
+
+    monkeypatch.setattr(keyring, "lookup", lookup)
+    problem(client.get("/members", headers={"X-API-Key": SERVICE_KEY}), 401, "unauthorized")
+    assert looked_up == []
+    # The same keyring still serves the routes that take keys.
+    assert client.get("/service", headers={"X-API-Key": SERVICE_KEY}).status_code == 200
+    assert looked_up == [SERVICE_KEY]
+
+
+GUARDED_CONFIG = CONFIG + "rate_limits:\n  auth_failures: [2/minute]\n"
+
+
+@pytest.mark.parametrize("key", [SERVICE_KEY, "not-a-key"], ids=["valid-key", "wrong-key"])
+def test_any_api_key_on_a_jwt_only_route_counts_toward_the_guard(
+    upstream: respx.MockRouter, key: str
+) -> None:
+    app = create_app(load_config_text(GUARDED_CONFIG, "routes.yaml", {}))
+    client = app.test_client()
+    try:
+        for _ in range(2):
+            problem(client.get("/members", headers={"X-API-Key": key}), 401, "unauthorized")
+        # Over auth_failures, even a valid token from that address waits.
+        problem(client.get("/members", headers=bearer(token())), 429, "rate_limited")
+        assert not upstream.calls
+        # Only refused credentials count: an address that sent none is not blocked.
+        other = {"REMOTE_ADDR": "192.0.2.9"}
+        for _ in range(3):
+            problem(client.get("/members", environ_base=other), 401, "unauthorized")
+        assert (
+            client.get("/members", headers=bearer(token()), environ_base=other).status_code == 200
+        )
+    finally:
+        app.gateway.close()  # type: ignore[attr-defined]
+
+
+def test_valid_and_wrong_keys_on_a_jwt_only_route_share_one_failure_reason(
+    app: Flask, client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    registry = app.gateway.metrics.registry  # type: ignore[attr-defined]
+
+    def failures(reason: str) -> float:
+        found = registry.get_sample_value("gateway_auth_failures_total", {"reason": reason})
+        return 0.0 if found is None else float(found)
+
+    client.get("/members", headers={"X-API-Key": SERVICE_KEY})
+    client.get("/members", headers={"X-API-Key": "not-a-key"})
+    assert failures("api_key_not_accepted") == 2
+    assert failures("missing_or_invalid") == 0
+
+
 def test_route_without_jwt_ignores_a_bearer_token(
     client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
@@ -352,7 +434,7 @@ def test_any_one_method_suffices(client: FlaskClient, upstream: respx.MockRouter
 
 @pytest.mark.parametrize(
     "held",
-    [[], ["member"], ["Admin"], ["admin "], ["administrator"], ["adm"]],
+    [[], ["member"], ["Admin"], ["administrator"], ["adm"]],
 )
 def test_without_a_required_role_is_403_and_never_forwarded(
     client: FlaskClient, upstream: respx.MockRouter, held: list[str]
@@ -361,6 +443,18 @@ def test_without_a_required_role_is_403_and_never_forwarded(
     body = problem(response, 403, "forbidden")
     assert body["instance"] == "/admin"
     assert "WWW-Authenticate" not in response.headers
+    assert not upstream.calls
+
+
+@pytest.mark.parametrize("held", [["admin "], [" admin"], ["member", "ad min"]])
+def test_a_role_with_whitespace_is_an_invalid_token_not_a_near_miss(
+    client: FlaskClient, upstream: respx.MockRouter, held: list[str]
+) -> None:
+    # Role names are compared exactly, and one that would match once trimmed is refused
+    # with the token: no reader of X-User-Roles can make it admin.
+    response = client.delete("/admin", headers=bearer(token(**roles(*held))))
+    problem(response, 401, "unauthorized")
+    assert response.headers["WWW-Authenticate"] == INVALID_TOKEN_CHALLENGE
     assert not upstream.calls
 
 

@@ -18,6 +18,7 @@ from gateway.problems import (
     Forbidden,
     GatewayError,
     InternalError,
+    InvalidHost,
     InvalidPath,
     MethodNotAllowed,
     NotFound,
@@ -31,6 +32,7 @@ from gateway.problems import (
     error_response,
     http_exception_response,
     problem_type,
+    safe_problem_type,
     status_code_name,
     upstream_problem,
 )
@@ -55,6 +57,7 @@ def make(cls: type[GatewayError], detail: str = "Something happened.") -> Gatewa
 
 EXPECTED = {
     BadRequest: (400, "bad_request"),
+    InvalidHost: (400, "bad_request"),
     InvalidPath: (400, "invalid_path"),
     UnsupportedVersion: (400, "unsupported_version"),
     Unauthorized: (401, "unauthorized"),
@@ -233,6 +236,70 @@ def test_upstream_problem_with_non_string_members_gets_defaults() -> None:
     assert body["title"] == "Not Found"
     assert isinstance(body["detail"], str) and body["detail"]
     assert body["code"] == "not_found"
+
+
+UNSAFE_TYPES = [
+    "javascript:alert(document.cookie)",
+    "JavaScript:alert(1)",
+    " javascript:alert(1)",
+    "\tjavascript:alert(1)",
+    "java\tscript:alert(1)",
+    "java\nscript:alert(1)",
+    "java\rscript:alert(1)",
+    "\x00javascript:alert(1)",
+    "javascript\x00:alert(1)",
+    "\u00a0javascript:alert(1)",
+    "data:text/html,<script>alert(1)</script>",
+    "vbscript:msgbox(1)",
+    "file:///etc/passwd",
+    "//evil.example/problems/x",
+    "///evil.example/problems/x",
+    "/\\evil.example/problems/x",
+    "\\\\evil.example\\x",
+    "https://user:pass@evil.example/x",
+    "https://good.example@evil.example/x",
+    "https:evil.example/x",
+    "http:///evil.example",
+    "https://good.example:99999/x",
+    "https://[::1/x",
+    "https://\u0435xample.com/x",
+    "urn:problem:x",
+]
+
+
+@pytest.mark.parametrize("type_", UNSAFE_TYPES)
+def test_an_upstream_problem_type_that_could_leave_the_web_becomes_about_blank(
+    type_: str,
+) -> None:
+    body = upstream(
+        400, PROBLEM_JSON, {"type": type_, "title": "Bad", "detail": "no", "x-extra": 1}
+    )
+    assert body["type"] == "about:blank"
+    # The refused value is gone, not moved to another member.
+    assert type_ not in json.dumps(body, ensure_ascii=False)
+    assert type_ not in json.dumps(body)
+    assert body["title"] == "Bad" and body["detail"] == "no" and body["x-extra"] == 1
+
+
+@pytest.mark.parametrize(
+    "type_",
+    [
+        "https://errors.example.com/validation",
+        "HTTP://errors.example.com:8443/p?q=1#frag",
+        "https://[2001:db8::1]/problems/x",
+        "/problems/out-of-credit",
+        "problems/out-of-credit",
+        "out-of-credit",
+        "#out-of-credit",
+        "javascript%3Aalert(1)",
+    ],
+)
+def test_an_http_or_relative_problem_type_is_kept_but_not_with_a_tab_in_it(type_: str) -> None:
+    assert upstream(400, PROBLEM_JSON, {"type": type_})["type"] == type_
+    assert safe_problem_type(type_) == type_
+    # Browsers drop a tab inside a URL, so the same type with one is no longer known safe.
+    tabbed = type_[:1] + "\t" + type_[1:]
+    assert upstream(400, PROBLEM_JSON, {"type": tabbed})["type"] == "about:blank"
 
 
 @pytest.mark.parametrize(

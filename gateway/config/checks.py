@@ -8,6 +8,7 @@ was found.
 from __future__ import annotations
 
 import difflib
+import re
 import ssl
 from collections.abc import Callable, Hashable, Iterator
 from datetime import UTC, datetime
@@ -27,6 +28,9 @@ from gateway.paths import NoMatch, PathMatcher, PathTemplate, TemplateError
 
 _ROUTE_VALUE_SCHEMAS = {id(subschema) for subschema in ROUTE["properties"].values()}
 _HS_MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: a key at least as long as the hash output
+# A role as it travels in the comma-separated X-User-Roles and is compared exactly:
+# printable ASCII without whitespace or comma, as roles in tokens must be.
+_ROLE = re.compile(r"[!-+\--~]{1,256}")
 # The storages whose client ships with the gateway (redis-py covers all the Redis ones).
 _STORAGE_SCHEMES = {
     "memory",
@@ -320,6 +324,8 @@ class Checker:
                         f"api key id {key_id!r} is used twice",
                     )
                 seen_ids.setdefault(key_id, index)
+            owner = f"api key {key_id!r}" if isinstance(key_id, str) else f"keys[{index}]"
+            self._roles(("auth", "api_keys", "keys", index, "roles"), key.get("roles"), owner)
             if isinstance(digest, str):
                 if digest.lower() in seen_digests:
                     self.fail(
@@ -327,6 +333,15 @@ class Checker:
                         "the same key digest is listed twice",
                     )
                 seen_digests.setdefault(digest.lower(), index)
+
+    def _roles(self, path: Path, roles: Any, label: str) -> None:
+        for index, role in enumerate(roles if isinstance(roles, list) else []):
+            if isinstance(role, str) and not _ROLE.fullmatch(role):
+                self.fail(
+                    (*path, index),
+                    f"{label}: role {role!r} must be 1 to 256 printable ASCII characters "
+                    "without spaces or commas",
+                )
 
     def _rate_limits(self, path: Path) -> None:
         value = _get(self.data, *path)
@@ -443,6 +458,7 @@ class Checker:
                 self._same_params((*at, "upstream_path"), template, upstream_template, label)
             self._versions(at, route, template, label)
             self._deprecation((*at, "deprecation"), route.get("deprecation"), template, label)
+            self._roles((*at, "roles"), route.get("roles"), label)
             auth = route.get("auth")
             if auth == "public" and route.get("roles"):
                 self.fail((*at, "roles"), f"{label}: a public route cannot require roles", key=True)

@@ -61,14 +61,23 @@ def claim_at(claims: dict[str, Any], dotted: str) -> Any:
 
 
 def roles_from(value: Any) -> tuple[str, ...]:
-    """A roles claim: one string or a list of strings; anything else grants no role."""
+    """A roles claim: one string or a list of strings; anything else grants no role.
+
+    Role names are compared exactly, here and upstream. A name that reads differently
+    once trimmed (" admin"), or once split, is refused with the whole claim, never
+    repaired: a comma would forge a role in the comma-separated X-User-Roles, and
+    whitespace around it is optional (RFC 9110 §5.6.1), so a reader that trims would
+    turn " admin" into admin.
+    """
     items = [value] if isinstance(value, str) else value if isinstance(value, list) else []
     roles = []
     for item in items:
         if not isinstance(item, str):
             continue
-        if "," in item:  # X-User-Roles is comma-separated: a comma would forge a role
+        if "," in item:
             raise UnusableClaim("a role holds a comma")
+        if not item or any(c.isspace() for c in item):
+            raise UnusableClaim("a role is empty or holds whitespace")
         roles.append(header_safe(item, "roles"))
     return tuple(dict.fromkeys(roles))
 

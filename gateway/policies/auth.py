@@ -18,7 +18,7 @@ from gateway.credentials.jwks import KeysUnavailable
 from gateway.credentials.jwt import InvalidToken, JwtVerifier
 from gateway.policies.base import RequestContext
 from gateway.policies.ratelimit import storage_down
-from gateway.problems import Forbidden, RateLimited, ServiceUnavailable, Unauthorized
+from gateway.problems import RateLimited, ServiceUnavailable, Unauthorized
 from gateway.ratelimit import Counters, StorageUnavailable
 
 # RFC 6750 §3: the challenge of a bearer-token resource; `error` only when a token
@@ -47,9 +47,12 @@ class Authenticate:
         self.methods = methods
         self.verifier = verifier if "jwt" in methods else None
         self.keyring = keyring if "api_key" in methods else None
-        # Known on every route, to tell a valid key on a route that does not take keys
-        # (403: identified, not allowed) from no credentials at all (401).
-        self.any_keyring = keyring
+        # On a route that does not take keys only the header's name is kept, never the
+        # keys: a key sent there is refused unread, so no answer, timing or count can
+        # tell a prober whether it exists.
+        self.unaccepted_key_header = (
+            keyring.header if keyring is not None and self.keyring is None else None
+        )
         self.guard = guard
 
     def on_request(self, ctx: RequestContext) -> Response | None:
@@ -65,6 +68,7 @@ class Authenticate:
             self.guard.check(ctx)
         token_error: str | None = None
         key_presented = False
+        key_not_accepted = False
         keys_unavailable: KeysUnavailable | None = None
         if self.verifier is not None and token is not None and ctx.identity is None:
             try:
@@ -86,17 +90,20 @@ class Authenticate:
                     )
                 except UnusableClaim:  # pragma: no cover - ids are validated at load
                     ctx.identity = None
+        elif ctx.identity is None and self.unaccepted_key_header is not None:
+            key_not_accepted = key_presented = bool(
+                ctx.request.headers.get(self.unaccepted_key_header)
+            )
         if ctx.identity is None and keys_unavailable is not None:
             ctx.auth_failure = "keys_unavailable"
             raise ServiceUnavailable(
                 "The keys to verify access tokens cannot be had right now.",
                 headers={"Retry-After": str(keys_unavailable.retry_after)},
             )
-        if ctx.identity is None and token_error is None and self._valid_key_elsewhere(ctx):
-            ctx.auth_failure = "api_key_not_accepted"
-            raise Forbidden("This route does not accept API keys.")
         if ctx.identity is None:
-            ctx.auth_failure = token_error or "missing_or_invalid"
+            ctx.auth_failure = token_error or (
+                "api_key_not_accepted" if key_not_accepted else "missing_or_invalid"
+            )
             if self.guard is not None and (token_error is not None or key_presented):
                 self.guard.failed(ctx)  # only refused credentials count, not absent ones
             if token_error is not None:
@@ -104,20 +111,14 @@ class Authenticate:
                     _TOLD.get(token_error, "The access token is invalid."),
                     headers={"WWW-Authenticate": INVALID_TOKEN_CHALLENGE},
                 )
-            # A bad API key and a missing one fail alike: nothing tells a prober
-            # which keys exist.
+            # A bad API key, a missing one and any key on a route that does not take
+            # keys fail alike: nothing tells a prober which keys exist.
             raise Unauthorized(
                 "Credentials are missing or invalid.",
                 headers={"WWW-Authenticate": CHALLENGE},
             )
         ctx.upstream_headers.update(ctx.identity.upstream_headers())
         return None
-
-    def _valid_key_elsewhere(self, ctx: RequestContext) -> bool:
-        if self.keyring is not None or self.any_keyring is None:
-            return False
-        presented = ctx.request.headers.get(self.any_keyring.header)
-        return presented is not None and self.any_keyring.lookup(presented) is not None
 
     def on_response(self, ctx: RequestContext, response: Response) -> Response:
         return response

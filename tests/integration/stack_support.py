@@ -147,7 +147,11 @@ class ReferenceStack:
             env = stack_env(USERS_URL=users.base_url, ORDERS_URL=orders.base_url)
 
             def gateway_argv(port: int) -> list[str]:
+                # The reference routes.yaml builds links on GATEWAY_PUBLIC_URL, and the
+                # port is only known here: env(1) sets it and execs the gateway.
                 return [
+                    "/usr/bin/env",
+                    f"GATEWAY_PUBLIC_URL=http://{LOOPBACK}:{port}",
                     venv_script("gateway"),
                     "serve",
                     "-c",

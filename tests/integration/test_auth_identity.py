@@ -203,8 +203,8 @@ def test_access_token_media_types_are_accepted(
 
 @pytest.mark.parametrize(
     "roles",
-    [["Admin"], ["ADMIN"], ["admin "], [" admin"], ["administrator"], ["adm"], ["member"], []],
-    ids=["Admin", "ADMIN", "trailing_space", "leading_space", "longer", "prefix", "other", "none"],
+    [["Admin"], ["ADMIN"], ["administrator"], ["adm"], ["member"], []],
+    ids=["Admin", "ADMIN", "longer", "prefix", "other", "none"],
 )
 @pytest.mark.parametrize("route", ["jwt-admin", "any-admin"])
 def test_role_match_is_exact_and_case_sensitive(
@@ -215,6 +215,19 @@ def test_role_match_is_exact_and_case_sensitive(
     reply = _get(target, route, marker, [bearer(target.mint(target.claims(roles=roles)))])
     body = assert_problem(reply, 403, "forbidden", f"/{route}/probe")
     assert "admin" not in body["detail"].lower()  # the needed roles are not told
+    assert upstream.received(marker) == []
+
+
+@pytest.mark.parametrize("roles", [["admin "], [" admin"]], ids=["trailing_space", "leading_space"])
+@pytest.mark.parametrize("route", ["jwt-admin", "any-admin"])
+def test_a_role_with_whitespace_refuses_the_token(
+    stack: AuthStack, upstream: MisbehavingUpstream, roles: list[str], route: str
+) -> None:
+    # Never trimmed into admin: the claim is unusable, and the token with it.
+    target = stack.target("pem")
+    marker = _marker()
+    reply = _get(target, route, marker, [bearer(target.mint(target.claims(roles=roles)))])
+    assert_unauthorized(reply, f"/{route}/probe", token_sent=True)
     assert upstream.received(marker) == []
 
 
@@ -298,12 +311,13 @@ def test_api_key_is_not_forwarded_on_routes_that_do_not_take_it(
 def test_api_key_alone_does_not_open_a_jwt_route(
     stack: AuthStack, upstream: MisbehavingUpstream
 ) -> None:
-    # A valid key identifies the caller, but this route takes only JWTs: 403, not 401.
+    # This route takes only JWTs: a valid key is refused unread, exactly as a wrong one,
+    # so the answer does not tell that the key exists.
     target = stack.target("pem")
     marker = _marker()
     reply = _get(target, "jwt", marker, [(API_KEY_HEADER, _api_key(target, "ops").raw)])
-    body = assert_problem(reply, 403, "forbidden", "/jwt/probe")
-    assert body["detail"] == "This route does not accept API keys."
+    body = assert_unauthorized(reply, "/jwt/probe", token_sent=False)
+    assert body["detail"] == "Credentials are missing or invalid."
     assert upstream.received(marker) == []
 
 

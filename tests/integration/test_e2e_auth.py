@@ -71,12 +71,13 @@ def test_api_key_reads_users_as_service(api: StackClient) -> None:
 
 
 def test_api_key_is_refused_on_user_create(api: StackClient) -> None:
-    """The service key is a valid credential with role service; creating users needs
-    admin, so the answer is 403 and nothing is created."""
+    """Creating users takes only JWTs: the service key is refused unread, with the 401
+    a wrong key gets (nothing tells that the key exists), and nothing is created."""
     email = unique_email("service")
     reply = api.post_json("/api/v1/users", {"email": email, "name": "Not Created"}, [SERVICE_KEY])
-    assert_gateway_problem(reply, 403, "forbidden", "/api/v1/users")
-    assert reply.header("WWW-Authenticate") is None, reply.describe()
+    body = assert_gateway_problem(reply, 401, "unauthorized", "/api/v1/users")
+    assert body["detail"] == "Credentials are missing or invalid.", body
+    assert _challenge(reply) == 'Bearer realm="gateway"', reply.describe()
 
 
 def test_api_key_creates_nothing(reference_stack: ReferenceStack, api: StackClient) -> None:
