@@ -19,7 +19,7 @@ from gateway.config import Config, load_config, resolve_config_path
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from gateway.metrics import Metrics
+from gateway.metrics import Metrics, method_label, status_label
 from gateway.observability import log_access, request_id_for, setup_logging
 from gateway.paths import PathTemplate, unsafe_path_reason
 from gateway.policies.auth import Authenticate, FailureGuard
@@ -41,6 +41,8 @@ from gateway.problems import (
 )
 from gateway.proxy import Forwarder
 from gateway.ratelimit import Counters
+from gateway.request_body import check_framing
+from gateway.request_head import check_head
 from gateway.routing import CompiledRoute, RouteTable
 
 if TYPE_CHECKING:
@@ -99,7 +101,7 @@ class Gateway:
         compiled = []
         for index, route in enumerate(config.routes):
             cors = Cors(route.cors) if route.cors else self.cors
-            policies: list[Policy] = [cors, BodyLimit(config.gateway.max_body_bytes)]
+            policies: list[Policy] = [cors, BodyLimit(config.gateway)]
             if not route.is_public:
                 policies.append(Authenticate(route.auth, self.verifier, self.keyring, self.guard))
             if route.roles:
@@ -172,6 +174,8 @@ class Gateway:
         reason = unsafe_path_reason(ctx.raw_path)
         if reason:
             raise InvalidPath(f"The request path is refused: {reason}.")
+        check_head(req, self.config.gateway.max_header_bytes)
+        check_framing(req)
         if is_preflight(req.headers, req.method):
             return self._preflight(ctx)
         builtin = self.builtins.get(ctx.path)
@@ -216,19 +220,25 @@ class Gateway:
             else ("unreachable: requests get 503" if deny else "unreachable: limits not applied"),
             "upstream_breakers": breakers,
         }
-        return _json(
-            {"status": "ready" if ready else "not_ready", "checks": checks}, 200 if ready else 503
-        )
+        status: dict[str, object] = {"status": "ready" if ready else "not_ready"}
+        # Upstream names and breaker states are a map of the backend: only the
+        # operators' networks (metrics_allow) are shown them.
+        body = {**status, "checks": checks} if self._operator(ctx) else status
+        return _json(body, 200 if ready else 503)
 
     def _metrics(self, ctx: RequestContext) -> Response:
         """Prometheus text for clients on `gateway.metrics_allow` networks only."""
+        if not self._operator(ctx):
+            raise Forbidden("Metrics are not served to this address.")
+        return Response(self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+
+    def _operator(self, ctx: RequestContext) -> bool:
+        """Whether the client is on a `gateway.metrics_allow` network."""
         try:
             address = ip_address(ctx.client.ip)
         except ValueError:
-            address = None
-        if address is None or not any(address in n for n in self.metrics_allow):
-            raise Forbidden("Metrics are not served to this address.")
-        return Response(self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
+            return False
+        return any(address in network for network in self.metrics_allow)
 
     def _breaker_changed(self, upstream: str, state: State) -> None:
         self.metrics.breaker_open.labels(upstream).set(0 if state == "closed" else 1)
@@ -242,7 +252,9 @@ class Gateway:
             if ctx.path in self.builtins
             else "unmatched"
         )
-        m.requests.labels(route, ctx.request.method, str(response.status_code)).inc()
+        m.requests.labels(
+            route, method_label(ctx.request.method), status_label(response.status_code)
+        ).inc()
         m.request_seconds.labels(route).observe(seconds)
         if ctx.route is not None and ctx.upstream_ms is not None:
             m.upstream_seconds.labels(ctx.route.upstream.name).observe(ctx.upstream_ms / 1000)
@@ -273,7 +285,7 @@ class Gateway:
             client=ctx.identity.rate_limit_key if ctx.identity else f"ip:{ctx.client.ip}",
             auth_method=ctx.identity.method if ctx.identity else None,
             auth_failure=ctx.auth_failure,
-            bytes_in=len(body) if body is not None else ctx.request.content_length or 0,
+            bytes_in=body.size if body is not None else ctx.request.content_length or 0,
             # A streamed answer's size is its Content-Length; None when it is chunked.
             bytes_out=response.content_length,
         )

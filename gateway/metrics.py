@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from http import HTTPStatus
 from typing import Any
 
 log = logging.getLogger("gateway.metrics")
@@ -115,6 +116,24 @@ def mark_worker_dead(pid: int) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+# RFC 9110 §9 and PATCH (RFC 5789): every other method a client makes up is one label,
+# or each made-up method would be a new series in every worker's files, without bound.
+KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
+)
+_KNOWN_STATUSES = frozenset(status.value for status in HTTPStatus)
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    """The status, or its class (`5xx`) for one no RFC registers: an upstream may send
+    any three digits, and each would be a series."""
+    return str(status) if status in _KNOWN_STATUSES else f"{status // 100}xx"
 
 
 def label(value: Any) -> str:

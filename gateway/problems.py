@@ -163,10 +163,20 @@ class MethodNotAllowed(GatewayError):
         super().__init__(detail, headers={"Allow": ", ".join(allowed)})
 
 
+class RequestTimeout(GatewayError):
+    """The client did not send its whole request in time (RFC 9110 §15.5.9)."""
+
+    status, code, title = 408, "request_timeout", "Request Timeout"
+
 
 class PayloadTooLarge(GatewayError):
     status, code, title = 413, "payload_too_large", "Content Too Large"
 
+
+class HeaderFieldsTooLarge(GatewayError):
+    """RFC 6585 §5: the request's header fields are too large, in total."""
+
+    status, code, title = 431, "request_header_fields_too_large", "Request Header Fields Too Large"
 
 
 class RateLimited(GatewayError):
@@ -188,6 +198,12 @@ class ServiceUnavailable(GatewayError):
 class UpstreamTimeout(GatewayError):
     status, code, title = 504, "upstream_timeout", "Gateway Timeout"
 
+
+class NotImplementedByGateway(GatewayError):
+    """A request feature the gateway does not support (RFC 9110 §15.6.2): a transfer
+    coding other than chunked, a protocol upgrade."""
+
+    status, code, title = 501, "not_implemented", "Not Implemented"
 
 
 def render(body: Mapping[str, Any], status: int, headers: Headers | None = None) -> Response:

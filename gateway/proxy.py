@@ -23,12 +23,10 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import httpcore
 import httpx
 from werkzeug.datastructures import Headers
-from werkzeug.exceptions import ClientDisconnected
 from werkzeug.wrappers import Request, Response
 
 from gateway.breaker import BreakerOpen, CircuitBreaker, State
@@ -36,7 +34,6 @@ from gateway.config.model import Config, Upstream
 from gateway.deadline import deadline_at, deadline_pool
 from gateway.policies.base import RequestContext
 from gateway.problems import (
-    BadRequest,
     GatewayError,
     InvalidPath,
     ServiceUnavailable,
@@ -45,6 +42,7 @@ from gateway.problems import (
     render,
     upstream_problem,
 )
+from gateway.request_body import read_body
 from gateway.rewrite import LinkRewriter
 
 log = logging.getLogger("gateway.proxy")
@@ -276,23 +274,6 @@ class Forwarder:
         headers += list(ctx.upstream_headers.items())
         return headers
 
-    def _body(self, ctx: RequestContext) -> tuple[bytes | Iterator[bytes], int | None]:
-        """The body to send, and whether it can be sent again (its length if bytes)."""
-        if ctx.body is not None:  # a chunked upload, already read under the limit
-            return ctx.body, len(ctx.body)
-        request = ctx.request
-        stream = request.stream
-        declared = request.headers.get("Content-Length")
-        if declared is not None:
-            size = int(declared)
-            if size <= _READ_ALL_BELOW:
-                data = stream.read(size) if size else b""
-                if len(data) != size:
-                    raise ClientDisconnected()
-                return data, size
-            return _iter_stream(stream, size), None
-        return b"", 0
-
     def forward(self, ctx: RequestContext) -> Response:
         route = ctx.route
         assert route is not None
@@ -300,15 +281,20 @@ class Forwarder:
         origin = self.origins[upstream.name]
         target = self.upstream_target(ctx)
         method = ctx.request.method
-        try:
-            content, replayable = self._body(ctx)
-        except ClientDisconnected:
-            raise BadRequest("The request body ended before its declared length.") from None
+        if ctx.body is None:
+            # Read whole before the upstream is called: a slow client is answered 408
+            # and never spends the upstream's deadline or counts against its breaker.
+            settings = self.config.gateway
+            ctx.body = read_body(
+                ctx.request,
+                max_bytes=settings.max_body_bytes,
+                memory_bytes=settings.body_memory_bytes,
+                timeout=settings.request_body_timeout,
+            )
+        body = ctx.body
         headers = self.request_headers(ctx)
-        if replayable is not None and (content or method in ("POST", "PUT", "PATCH")):
-            headers.append(("Content-Length", str(replayable)))
-        elif replayable is None:
-            headers.append(("Content-Length", ctx.request.headers["Content-Length"]))
+        if body.size or method in ("POST", "PUT", "PATCH"):
+            headers.append(("Content-Length", str(body.size)))
         # Header values come from the WSGI environ (latin-1 by PEP 3333) or were checked
         # to be ASCII: latin-1 gives the upstream the bytes the client sent.
         raw_headers = [(b"Host", origin.host_header)]
@@ -317,7 +303,7 @@ class Forwarder:
             method.encode("ascii"),
             httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target),
             headers=raw_headers,
-            content=content,
+            content=body.content,
             extensions={"timeout": origin.timeouts},
         )
         breaker = self.breakers[upstream.name]
@@ -330,11 +316,16 @@ class Forwarder:
                 headers={"Retry-After": str(exc.retry_after)},
             ) from None
         deadline = time.monotonic() + upstream.timeout + upstream.connect_timeout
-        attempts = 1 + (upstream.retries if method in _IDEMPOTENT and replayable is not None else 0)
+        attempts = 1 + (upstream.retries if method in _IDEMPOTENT else 0)
         started = time.perf_counter()
         try:
-            response = self._send(self.pools[upstream.name], request, deadline, attempts, upstream)
-            body = self._small_body(method, response, deadline, upstream)
+            try:
+                response = self._send(
+                    self.pools[upstream.name], request, deadline, attempts, upstream
+                )
+            finally:
+                body.close()  # sent (or given up on): a spooled upload's file goes
+            small_body = self._small_body(method, response, deadline, upstream)
         except _UpstreamFailed as failure:
             ctx.upstream_ms = (time.perf_counter() - started) * 1000
             ctx.upstream_error = failure.kind
@@ -348,7 +339,7 @@ class Forwarder:
             breaker.failed()
         else:
             breaker.succeeded()
-        return self._client_response(ctx, response, body, deadline)
+        return self._client_response(ctx, response, small_body, deadline)
 
     def _send(
         self,
@@ -385,8 +376,6 @@ class Forwarder:
                 raise _UpstreamFailed(
                     "refused", self._unavailable(upstream, "refused the connection")
                 ) from None
-            except ClientDisconnected:
-                raise BadRequest("The request body ended before its declared length.") from None
             except httpcore.PoolTimeout:
                 raise ServiceUnavailable(
                     f"All connections to the {upstream.name} service are busy.",
@@ -427,6 +416,8 @@ class Forwarder:
             declared = _header(response.headers, b"content-length")
             if declared is None or not declared.isdigit() or int(declared) > _READ_ALL_BELOW:
                 return None
+            if _header(response.headers, b"transfer-encoding") is not None:
+                return None  # framed by its chunks: the length is not the body's
         try:
             with deadline_at(deadline):
                 return b"".join(response.iter_stream())
@@ -447,6 +438,11 @@ class Forwarder:
         drop = _RESPONSE_DROP | _connection_named(_header_values(raw, b"connection"))
         if error:
             drop |= _ERROR_BODY_FIELDS
+        elif _header(raw, b"transfer-encoding") is not None:
+            # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and the body
+            # was read by its chunks. Relayed with the upstream's length, a client would
+            # read a body of the wrong size: the next response spliced into this one.
+            drop |= {"content-length"}
         headers = Headers()
         for raw_name, raw_value in raw:
             name = raw_name.decode("latin-1")
@@ -528,18 +524,6 @@ class Forwarder:
             status, content_type, body, instance=ctx.path, request_id=ctx.request_id
         )
         return render(problem, status, headers)
-
-
-def _iter_stream(stream: Any, size: int) -> Iterator[bytes]:
-    remaining = size
-    while remaining > 0:
-        chunk = stream.read(min(_CHUNK, remaining))
-        if not chunk:
-            # The client went away mid-upload: abort the upstream request, which then
-            # sees a short body and discards it.
-            raise ClientDisconnected()
-        remaining -= len(chunk)
-        yield chunk
 
 
 class _Relay:

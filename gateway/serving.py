@@ -7,23 +7,15 @@ The same settings serve `gateway serve` and `gunicorn -c gunicorn.conf.py
 from __future__ import annotations
 
 import gc
-import json
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import uuid
-from http import HTTPStatus
 from typing import Any
 
-from gunicorn import util as gunicorn_util  # type: ignore[import-untyped]
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
-from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
 from gateway.config import Config
 from gateway.metrics import mark_worker_dead
-from gateway.problems import PROBLEM_JSON, problem_type, status_code_name, status_title
 
 
 def prepare_metrics_dir(server: Any) -> None:
@@ -91,7 +83,10 @@ HARDENED_SETTINGS: dict[str, Any] = {
     "pre_fork": freeze_before_fork,
     "post_fork": pause_gc_while_booting,
     "post_worker_init": freeze_the_app,
-    "worker_class": "gateway.serving.GatewayWorker",
+    # An event-loop worker: a slow client waits on a greenlet, not on a thread
+    # (gateway/workers.py; the measurements are in docs/perf/README.md).
+    "worker_class": "gateway.workers.GatewayWorker",
+    "worker_connections": 1000,
     # The gateway decides which proxies to believe (gateway.trusted_proxies); gunicorn
     # must not turn a client's X-Forwarded-Proto or SCRIPT_NAME header into the
     # request's scheme or path on its own.
@@ -120,57 +115,6 @@ def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[s
         "errorlog": "-",
         "loglevel": "info",
     }
-
-
-def write_problem_error(sock: socket.socket, status: int, reason: str, message: str) -> None:
-    """gunicorn's own error answer (a request it could not parse), as problem+json."""
-    request_id = uuid.uuid4().hex
-    try:
-        title = status_title(status) if status in HTTPStatus._value2member_map_ else reason
-    except ValueError:  # pragma: no cover - defensive
-        title = reason
-    body = json.dumps(
-        {
-            "type": problem_type(status),
-            "title": title,
-            "status": status,
-            "detail": message or reason,
-            "instance": getattr(_current_target, "path", ""),
-            "code": status_code_name(status),
-            "request_id": request_id,
-        }
-    ).encode()
-    head = (
-        f"HTTP/1.1 {status} {reason}\r\n"
-        "Connection: close\r\n"
-        f"Content-Type: {PROBLEM_JSON}\r\n"
-        f"Content-Length: {len(body)}\r\n"
-        f"X-Request-ID: {request_id}\r\n"
-        "Cache-Control: no-store\r\n\r\n"
-    ).encode("latin-1")
-    gunicorn_util.write_nonblock(sock, head + body)
-
-
-_current_target = threading.local()
-
-
-class GatewayWorker(ThreadWorker):  # type: ignore[misc]
-    """gunicorn's gthread worker, answering its own errors as problem+json too."""
-
-    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
-        # The problem's `instance` is the request path when gunicorn got that far.
-        path = getattr(req, "path", None) or getattr(getattr(exc, "req", None), "path", None)
-        _current_target.path = path if isinstance(path, str) else ""
-        try:
-            super().handle_error(req, client, addr, exc)
-        finally:
-            _current_target.path = ""
-
-    def init_process(self) -> None:
-        # gunicorn writes its error pages through this one function; in a gateway
-        # worker process every error a client sees must be problem+json.
-        gunicorn_util.write_error = write_problem_error
-        super().init_process()
 
 
 class GatewayServer(BaseApplication):  # type: ignore[misc]

@@ -225,7 +225,7 @@ def test_every_gateway_subcommand_in_the_docs_is_real(doc: Path) -> None:
         (_MAKE, "RATE_LIMIT_STORAGE=redis://127.0.0.1:6379/0 make demo", ["demo"], "demo"),
         (_GATEWAY, ".venv/bin/gateway hash-key 'k'", ["hash-key"], "hash-key"),
         (_GATEWAY, "NEXT=$(gateway explain GET /x)", ["explain"], None),
-        (_GATEWAY, "gateway.serving.GatewayWorker", [], None),
+        (_GATEWAY, "gateway.workers.GatewayWorker", [], None),
         (_GATEWAY, "Logs: /tmp/gateway-demo-x", [], None),
         (_GATEWAY, "gateway demo: stopped the gateway and both stubs.", None, "demo"),
     ],

@@ -27,6 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import create_app
 from gateway.config import load_config_text
+from gateway.metrics import method_label, status_label
 
 UPSTREAM = "http://backend.internal:8080"
 FLAKY = "http://flaky.internal:8090"
@@ -563,3 +564,17 @@ def test_each_app_has_its_own_registry(upstream: respx.MockRouter) -> None:
         first.gateway.close()  # type: ignore[attr-defined]
         second.gateway.close()  # type: ignore[attr-defined]
 
+
+@pytest.mark.parametrize(
+    ("method", "label"),
+    [("GET", "GET"), ("PATCH", "PATCH"), ("PROPFIND", "other"), ("get", "other"), ("X1", "other")],
+)
+def test_methods_outside_the_known_set_are_other(method: str, label: str) -> None:
+    assert method_label(method) == label
+
+
+@pytest.mark.parametrize(
+    ("status", "label"), [(200, "200"), (404, "404"), (299, "2xx"), (599, "5xx"), (431, "431")]
+)
+def test_unregistered_statuses_are_counted_by_class(status: int, label: str) -> None:
+    assert status_label(status) == label

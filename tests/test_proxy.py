@@ -35,6 +35,7 @@ gateway:
   public_url: ${PUBLIC_URL:-}
   trusted_proxies: ${TRUSTED:-0}
   max_body_bytes: 200000
+  body_memory_bytes: ${BODY_MEMORY_BYTES:-1048576}
 upstreams:
   users:
     url: ${USERS_URL:-http://users.internal:8081}
@@ -177,13 +178,18 @@ def test_retries_zero_means_one_attempt(
     assert route.call_count == 1
 
 
-def test_a_streamed_body_is_never_retried(
-    client: FlaskClient, upstream: respx.MockRouter, no_pause: list[float]
+def test_a_large_body_is_read_whole_first_so_a_retry_sends_all_of_it(
+    upstream: respx.MockRouter, no_pause: list[float], make_client: AppFactory
 ) -> None:
-    route = upstream.put("/users/1").mock(side_effect=httpcore.ConnectError("refused"))
-    response = client.put("/api/v1/users/1", data=b"x" * 100_000)
-    assert response.status_code == 502
-    assert route.call_count == 1
+    """Bodies over the in-memory size are spooled to a file and replayed from it."""
+    client = make_client(BODY_MEMORY_BYTES="1000")
+    body = bytes(range(256)) * 400
+    route = upstream.put("/users/1").mock(
+        side_effect=[httpcore.ConnectError("refused"), httpx.Response(204)]
+    )
+    response = client.put("/api/v1/users/1", data=body)
+    assert response.status_code == 204
+    assert [call.request.content for call in route.calls] == [body] * 2
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ from gateway.config.model import (
 from gateway.config.source import Document, parse
 
 DEFAULT_CONFIG_PATH = "routes.yaml"
+_GATEWAY_DEFAULTS = GatewaySettings()
 T = TypeVar("T")
 
 
@@ -221,6 +222,17 @@ def _build(document: Document) -> Config:
             trusted_proxies=int(gw.get("trusted_proxies", 0)),
             max_body_bytes=int(gw.get("max_body_bytes", 1_048_576)),
             metrics_allow=tuple(gw.get("metrics_allow", PRIVATE_NETWORKS)),
+            request_head_timeout=float(
+                gw.get("request_head_timeout", _GATEWAY_DEFAULTS.request_head_timeout)
+            ),
+            request_body_timeout=float(
+                gw.get("request_body_timeout", _GATEWAY_DEFAULTS.request_body_timeout)
+            ),
+            response_send_timeout=float(
+                gw.get("response_send_timeout", _GATEWAY_DEFAULTS.response_send_timeout)
+            ),
+            max_header_bytes=int(gw.get("max_header_bytes", _GATEWAY_DEFAULTS.max_header_bytes)),
+            body_memory_bytes=int(gw.get("body_memory_bytes", _GATEWAY_DEFAULTS.body_memory_bytes)),
         ),
         cors=_cors_settings(cors),
         auth=AuthSettings(jwt=jwt, api_keys=api_keys),

@@ -47,6 +47,13 @@ class GatewaySettings:
     trusted_proxies: int = 0
     max_body_bytes: int = 1_048_576
     metrics_allow: tuple[str, ...] = PRIVATE_NETWORKS
+    # The edge's own deadlines and caps (docs/security.md): a client too slow to send
+    # its request gets 408 and is never counted against an upstream.
+    request_head_timeout: float = 10.0
+    request_body_timeout: float = 60.0
+    response_send_timeout: float = 60.0
+    max_header_bytes: int = 65_536
+    body_memory_bytes: int = 1_048_576
 
 
 @dataclass(frozen=True, slots=True)

@@ -77,6 +77,34 @@ GATEWAY = _object(
             "description": "Largest request body accepted, chunked uploads included; "
             "larger is 413 before anything reaches an upstream.",
         },
+        "request_head_timeout": {
+            **_POSITIVE_NUMBER,
+            "description": "Seconds a client has to send a whole request head once it "
+            "has begun (also the wait for a first request on a new connection); slower "
+            "is 408.",
+        },
+        "request_body_timeout": {
+            **_POSITIVE_NUMBER,
+            "description": "Seconds a client has to send a whole request body; slower is "
+            "408, and nothing is forwarded.",
+        },
+        "response_send_timeout": {
+            **_POSITIVE_NUMBER,
+            "description": "Seconds one write of an answer may wait for a client that "
+            "does not read; then the connection is dropped.",
+        },
+        "max_header_bytes": {
+            "type": "integer",
+            "minimum": 1024,
+            "description": "Largest total size of a request's header fields (names and "
+            "values); larger is 431.",
+        },
+        "body_memory_bytes": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "Request bodies up to this size are buffered in memory; larger "
+            "ones in a temporary file until the upload is complete.",
+        },
     },
     description="Settings of the gateway process itself.",
 )

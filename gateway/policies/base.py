@@ -16,6 +16,7 @@ from werkzeug.wrappers import Request, Response
 from gateway.clientinfo import ClientInfo
 from gateway.credentials.identity import Identity
 from gateway.paths import PathTemplate
+from gateway.request_body import BufferedBody
 
 if TYPE_CHECKING:
     from gateway.ratelimit import Verdict
@@ -36,8 +37,9 @@ class RequestContext:
     # headers a policy wants the upstream to receive (identity, version...)
     upstream_headers: dict[str, str] = field(default_factory=dict)
     upstream_ms: float | None = None
-    # a chunked request body, read whole under the body limit before any other check
-    body: bytes | None = None
+    # the request body, read whole before forwarding (a chunked one by the body limit,
+    # before any other check, since only reading it tells its size)
+    body: BufferedBody | None = None
     identity: Identity | None = None  # set by the auth policy
     auth_failure: str | None = None  # why auth or roles refused (for logs and metrics)
     cors_applied: bool = False

@@ -1,9 +1,10 @@
 """413 for a body over `max_body_bytes`, before any other check and any upstream.
 
-A declared Content-Length is compared at once. A chunked body has no declared size,
-so it is read here, whole and under the limit, and kept on the context for the
-forwarder: an oversized upload is a 413 (CONTRACT §3 puts it before 401) and is
-never half-forwarded.
+A declared Content-Length is compared at once; such a body is read later, by the
+forwarder, once the caller has passed every check. A chunked body has no declared
+size, so it is read here, whole, under the limit and the body deadline, and kept on
+the context for the forwarder: an oversized upload is a 413 before 401, and nothing
+is ever half-forwarded.
 """
 
 from __future__ import annotations
@@ -12,49 +13,29 @@ from typing import ClassVar
 
 from werkzeug.wrappers import Response
 
+from gateway.config.model import GatewaySettings
 from gateway.policies.base import RequestContext
-from gateway.problems import BadRequest, PayloadTooLarge
-
-_CHUNK = 64 * 1024
+from gateway.request_body import declared_length, is_chunked, read_body
 
 
 class BodyLimit:
     ORDER: ClassVar[int] = 20
 
-    def __init__(self, max_body_bytes: int) -> None:
-        self.max_body_bytes = max_body_bytes
+    def __init__(self, settings: GatewaySettings) -> None:
+        self.settings = settings
 
     def on_request(self, ctx: RequestContext) -> Response | None:
-        declared = ctx.request.headers.get("Content-Length")
-        if declared is None:
-            if "chunked" in ctx.request.headers.get("Transfer-Encoding", "").lower():
-                ctx.body = self._read_chunked(ctx)
-            return None
-        if not declared.isdigit():
-            raise BadRequest("Content-Length is not a number.")
-        if int(declared) > self.max_body_bytes:
-            raise PayloadTooLarge(
-                f"The request body is {declared} bytes; at most {self.max_body_bytes} "
-                "are accepted.",
-                max_body_bytes=self.max_body_bytes,
+        settings = self.settings
+        if declared_length(ctx.request, settings.max_body_bytes) is None and is_chunked(
+            ctx.request
+        ):
+            ctx.body = read_body(
+                ctx.request,
+                max_bytes=settings.max_body_bytes,
+                memory_bytes=settings.body_memory_bytes,
+                timeout=settings.request_body_timeout,
             )
         return None
 
-    def _read_chunked(self, ctx: RequestContext) -> bytes:
-        buffer = bytearray()
-        stream = ctx.request.stream
-        while chunk := stream.read(_CHUNK):
-            buffer += chunk
-            if len(buffer) > self.max_body_bytes:
-                raise too_large(self.max_body_bytes)
-        return bytes(buffer)
-
     def on_response(self, ctx: RequestContext, response: Response) -> Response:
         return response
-
-
-def too_large(max_body_bytes: int) -> PayloadTooLarge:
-    return PayloadTooLarge(
-        f"The request body is over {max_body_bytes} bytes.",
-        max_body_bytes=max_body_bytes,
-    )

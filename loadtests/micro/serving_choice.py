@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Which gunicorn worker setup serves the gateway best: gthread at several workers x
-threads, against gevent.
+"""Which gunicorn worker setup serves the gateway best: the gateway's event-loop worker
+(gevent, the default) against its threaded worker (gthread) at several sizes.
 
 Every setup runs the bench's every-policy gateway (`all`: JWT RS256, API keys, roles,
 CORS, a Redis limit, header versions) in front of the same users stub, started the way
@@ -13,8 +13,9 @@ requests at concurrency 1.
     .venv/bin/python loadtests/micro/serving_choice.py --setups gthread:2x8,gevent:2x100
 
 A setup is CLASS:WORKERSxTHREADS; for gevent the second number is worker_connections.
-Needs wrk, Redis on 127.0.0.1:6379 and, for gevent, the gevent package (Locust, in the
-`load` extra, brings it).
+Besides requests/s and latency, each setup's CPU time per request is reported: the
+user and system time its workers spent during the wrk rounds, divided by the requests
+they answered. Needs wrk and Redis on 127.0.0.1:6379.
 """
 
 from __future__ import annotations
@@ -35,7 +36,24 @@ sys.path.insert(0, str(HERE.parent))
 import bench  # noqa: E402  (configurations, servers, wrk and the c1 client)
 
 ROOT = HERE.parent.parent
-DEFAULT_SETUPS = "gthread:2x8,gthread:2x4,gthread:2x2,gthread:4x2,gevent:2x100"
+DEFAULT_SETUPS = "gevent:2x1000,gthread:2x8,gthread:2x4"
+WORKER_CLASSES = {
+    "gevent": "gateway.workers.GatewayWorker",
+    "gthread": "gateway.workers.GatewayThreadWorker",
+}
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far (/proc/PID/stat)."""
+    ticks = bench.os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return total
 
 
 def parse_setup(text: str) -> tuple[str, int, int]:
@@ -99,9 +117,9 @@ def main() -> int:
                     "GATEWAY_WORKERS": str(workers),
                     "GATEWAY_THREADS": str(threads),
                 }
+                server_env["GATEWAY_WORKER_CLASS"] = WORKER_CLASSES[kind]
                 argv = [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
                 if kind == "gevent":
-                    server_env["GATEWAY_WORKER_CLASS"] = "gevent"
                     argv += ["--worker-connections", str(threads)]
                 argv.append("gateway:create_app()")
                 server = bench.Server(
@@ -117,12 +135,15 @@ def main() -> int:
             for _, server in gateways:  # warm-up
                 bench.wrk_load(wrk, work, server.port, path, headers, args.connections, 1, 50)
             rounds: dict[str, list[bench.RunResult]] = {name: [] for name, _ in gateways}
+            cpu: dict[str, float] = {name: 0.0 for name, _ in gateways}
             for r in range(args.rounds):
                 shift = r % len(gateways)
                 for name, server in gateways[shift:] + gateways[:shift]:
+                    before = cpu_seconds(server.worker_pids)
                     result = bench.wrk_load(
                         wrk, work, server.port, path, headers, args.connections, args.duration, 50
                     )
+                    cpu[name] += cpu_seconds(server.worker_pids) - before
                     rounds[name].append(result)
                     print(
                         f"  round {r + 1} {name:<16} {result.rps:7.0f} req/s  "
@@ -146,14 +167,19 @@ def main() -> int:
                 f"\n'all' gateway, {args.rounds} x {args.duration:g} s at {args.connections} "
                 f"connections (medians); c1: {args.latency_requests} sequential requests"
             )
-            print(f"{'setup':<18}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'c1 p50':>8}{'c1 p99':>8}")
+            print(
+                f"{'setup':<18}{'req/s':>8}{'p50 ms':>8}{'p99 ms':>9}{'c1 p50':>8}{'c1 p99':>8}"
+                f"{'CPU us/req':>11}"
+            )
             for name, _ in gateways:
                 lat = sorted(c1[name])
+                answered = sum(x.requests for x in rounds[name])
                 print(
                     f"{name:<18}{statistics.median(x.rps for x in rounds[name]):8.0f}"
                     f"{statistics.median(x.p50_ms for x in rounds[name]):8.2f}"
                     f"{statistics.median(x.p99_ms for x in rounds[name]):9.2f}"
                     f"{bench.percentile(lat, 0.5):8.3f}{bench.percentile(lat, 0.99):8.3f}"
+                    f"{cpu[name] / max(answered, 1) * 1e6:11.0f}"
                 )
         finally:
             for server in reversed(servers):

@@ -331,6 +331,31 @@ def _die_mid_chunked(handler: _Handler, conn: _Connection, received: Received) -
     return False
 
 
+def _te_and_length(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    """Both framings (RFC 9112 §6.3: chunked wins): a Content-Length shorter than the
+    chunked body, kept alive for the next request."""
+    chunks = [b"hello ", b"world, ", b"all chunks"]
+    payload = b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks) + b"0\r\n\r\n"
+    conn.send(
+        _head(
+            "200 OK",
+            [
+                ("Content-Type", "text/plain"),
+                ("Transfer-Encoding", "chunked"),
+                ("Content-Length", "5"),
+            ],
+        )
+        + payload
+    )
+    return True
+
+
+def _odd_status(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    """A status no RFC registers: three digits are all HTTP/1.1 asks for."""
+    conn.send(_full("299 Odd", b'{"odd": true}', [("Content-Type", "application/json")]))
+    return True
+
+
 def _html500(handler: _Handler, conn: _Connection, received: Received) -> bool:
     conn.send(
         _full(
@@ -474,6 +499,8 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "link": _link,
     "hop": _hop,
     "gzip": _gzip,
+    "te-and-length": _te_and_length,
+    "odd-status": _odd_status,
 }
 
 
