@@ -28,6 +28,7 @@ import errno
 import functools
 import json
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -40,6 +41,7 @@ from gevent.server import StreamServer  # type: ignore[import-untyped]
 from gevent.socket import wait_read  # type: ignore[import-untyped]
 from gunicorn import http as gunicorn_http  # type: ignore[import-untyped]
 from gunicorn import util as gunicorn_util
+from gunicorn.http.body import LengthReader  # type: ignore[import-untyped]
 from gunicorn.sock import ssl_context  # type: ignore[import-untyped]
 from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped]
 from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
@@ -194,10 +196,7 @@ class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
                 if req is None:
                     break
                 client.settimeout(self.edge.response_send_timeout)
-                try:
-                    self.handle_request(listener_name, req, client, addr)
-                finally:
-                    client.settimeout(None)
+                self.handle_request(listener_name, req, client, addr)
                 if not self.cfg.keepalive:
                     break
                 idle = self.cfg.keepalive
@@ -222,15 +221,45 @@ class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
         a head begun but not finished within request_head_timeout is a
         RequestHeadTimeout (408)."""
         head_timeout = self.edge.request_head_timeout
-        if not parser.finish_body(deadline=time.monotonic() + head_timeout):
+        if _body_left(parser) and not parser.finish_body(deadline=time.monotonic() + head_timeout):
             return None  # the last body could not be skipped: its end is unknown
-        if not _buffered(parser, client):
-            try:
-                wait_read(client.fileno(), timeout=idle)
-            except TimeoutError:
-                return None
+        if not _buffered(parser, client) and not _arrives(client, idle):
+            return None
+        client.settimeout(head_timeout)
         with gevent.Timeout(head_timeout, RequestHeadTimeout(head_timeout)):
             return next(parser)
+
+
+def _body_left(parser: Any) -> bool:
+    """Whether the last request may have left body bytes unread (the app answered
+    without reading them all). The common case, a body read to its end or none at
+    all, skips gunicorn's bounded drain and the socket timeouts it sets."""
+    mesg = parser.mesg
+    if mesg is None:
+        return False
+    body: Any = getattr(mesg, "body", None)
+    reader = getattr(body, "reader", None)
+    if isinstance(reader, LengthReader) and reader.length == 0:
+        return bool(body.buf.getbuffer().nbytes)
+    return True
+
+
+def _arrives(client: Any, idle: float) -> bool:
+    """Whether a byte arrives (or the peer closes) within `idle` seconds. A peek
+    through the socket itself: no bytes are taken from the parser, and gevent waits
+    on the socket's own watcher rather than a new one per request."""
+    if getattr(client, "pending", None) is not None:  # TLS: no MSG_PEEK on SSLSocket
+        try:
+            wait_read(client.fileno(), timeout=idle)
+        except TimeoutError:
+            return False
+        return True
+    client.settimeout(idle)
+    try:
+        client.recv(1, socket.MSG_PEEK)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _buffered(parser: Any, client: Any) -> bool:

@@ -40,6 +40,7 @@ DEFAULT_SETUPS = "gevent:2x1000,gthread:2x8,gthread:2x4"
 WORKER_CLASSES = {
     "gevent": "gateway.workers.GatewayWorker",
     "gthread": "gateway.workers.GatewayThreadWorker",
+    "gunicorn-gevent": "gevent",  # gunicorn's own, for comparison
 }
 
 
@@ -59,7 +60,7 @@ def cpu_seconds(pids: list[int]) -> float:
 def parse_setup(text: str) -> tuple[str, int, int]:
     kind, _, size = text.partition(":")
     workers, _, threads = size.partition("x")
-    if kind not in ("gthread", "gevent") or not workers.isdigit() or not threads.isdigit():
+    if kind not in WORKER_CLASSES or not workers.isdigit() or not threads.isdigit():
         raise SystemExit(f"serving_choice: {text!r} is not CLASS:WORKERSxTHREADS")
     return kind, int(workers), int(threads)
 
@@ -119,7 +120,7 @@ def main() -> int:
                 }
                 server_env["GATEWAY_WORKER_CLASS"] = WORKER_CLASSES[kind]
                 argv = [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
-                if kind == "gevent":
+                if kind != "gthread":
                     argv += ["--worker-connections", str(threads)]
                 argv.append("gateway:create_app()")
                 server = bench.Server(

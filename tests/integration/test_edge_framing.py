@@ -167,3 +167,31 @@ def test_request_headers_over_the_total_cap_are_431(
         gateway.port, "GET", f"/api/ok/{token}-ok", [("X-Big", "b" * 16_000)], timeout=10
     )
     assert fine.status == 200, fine.describe()
+
+
+def test_pipelined_requests_are_each_answered_in_order(gateway: Gateway, token: str) -> None:
+    """Two requests in one packet: the second waits in the gateway's buffer, not on
+    the socket, and must not be mistaken for an idle connection."""
+    payload = (
+        f"GET /api/ok/{token}-1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        f"POST /api/ok/{token}-2 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
+        f"GET /api/ok/{token}-3 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ).encode()
+    answer = _exchange(gateway.port, payload)
+    assert answer.count(b"HTTP/1.1 200") == 3, answer
+    first, second, third = (answer.index(f"{token}-{n}".encode()) for n in (1, 2, 3))
+    assert first < second < third
+
+
+def test_a_body_left_unread_is_skipped_before_the_next_request(
+    gateway: Gateway, token: str
+) -> None:
+    """/healthz does not read the body sent with it; the next request on the
+    connection still parses from its own first byte."""
+    payload = (
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n0123456789"
+        f"GET /api/ok/{token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    ).encode()
+    answer = _exchange(gateway.port, payload)
+    assert answer.count(b"HTTP/1.1 200") == 2, answer
+    assert token.encode() in answer

@@ -61,6 +61,7 @@ TRICKS = {
     "double_encoded_nul": b"/api/ok/a%2500b",
     "double_encoded_semicolon": b"/api/ok/a%253Bb",
     "triple_encoded_dotdot": b"/api/ok/%25252e%25252e/admin",
+    "double_encoded_percent": b"/api/ok/a%2525b",
     "double_encoded_dotdot_every_byte_escaped": b"/api/ok/%25%32%65%25%32%65/admin",
     # escapes that do not decode to one well-formed path
     "malformed_escape": b"/api/ok/%zz",
@@ -167,3 +168,24 @@ def test_client_script_name_header_never_changes_routing(
     assert received.path == expected
     assert "script-name" not in received.header_names
     assert "script_name" not in received.header_names
+
+
+def test_a_lone_encoded_percent_is_a_literal_percent(
+    gateway: Gateway, upstream: MisbehavingUpstream, token: str
+) -> None:
+    reply = gateway.get(f"/items/100%25?t={token}")
+    assert reply.status == 200, reply.describe()
+    assert upstream.only(token).path == "/up/ok/item/100%25"
+
+
+def test_a_trailing_slash_on_a_path_parameter_is_forwarded_as_sent(
+    gateway: Gateway, upstream: MisbehavingUpstream, token: str
+) -> None:
+    """On `{name:path}` the slash belongs to the parameter (a folder, say): kept. On
+    `{name}` and literal routes one trailing slash is tolerated and dropped."""
+    reply = gateway.get(f"/files/a/b/?t={token}")
+    assert reply.status == 200, reply.describe()
+    assert upstream.only(token).path == "/up/ok/files/a/b/"
+    reply = gateway.get(f"/items/42/?t={token}-item")
+    assert reply.status == 200, reply.describe()
+    assert upstream.only(f"{token}-item").path == "/up/ok/item/42"
