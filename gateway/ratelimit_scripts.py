@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import limits
 import limits.storage
+import redis.exceptions
 from limits.util import WindowStats
 
 # Shared by the three scripts below:
@@ -216,6 +217,10 @@ class RedisWindows:
         # Only a cluster spreads the keys of one request over several slots.
         self.one_call_for_all = not isinstance(storage, limits.storage.RedisClusterStorage)
         self.errors: tuple[type[Exception], ...] = _as_tuple(storage.base_exceptions)
+        if not self.one_call_for_all:
+            # The cluster client's own errors (no node reachable, no node for a slot)
+            # are not RedisErrors.
+            self.errors += (redis.exceptions.RedisClusterException,)
 
     def run(
         self, items: Sequence[limits.RateLimitItem], bucket: str, key: str, *, charge: bool

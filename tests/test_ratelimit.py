@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -31,7 +32,17 @@ from gateway.config.load import parse_rate_limits
 from gateway.config.model import RateLimit, RateLimitSettings
 from gateway.policies.ratelimit import limit_headers
 from gateway.ratelimit import Counters, StorageUnavailable, Verdict, make_storage
-from tests.integration.redis_support import command_log, delete_counters, require_shared_redis
+from tests.integration.redis_support import (
+    OwnRedis,
+    ask,
+    command_log,
+    delete_counters,
+    release,
+    require_shared_redis,
+    start_own_cluster,
+    start_own_sentinel,
+    wait_until,
+)
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
 STORAGES = ["memory", "redis"]
@@ -245,6 +256,105 @@ def test_redis_storage_uses_the_configured_socket_timeouts() -> None:
 def test_memory_storage_is_used_as_it_is() -> None:
     storage = make_storage(RateLimitSettings(storage="memory://"))
     assert isinstance(storage, limits.storage.MemoryStorage)
+
+
+def test_sentinels_that_never_answer_fail_the_check_within_the_timeout(bucket: str) -> None:
+    """Both Sentinels take connections and never answer: the first costs the timeout,
+    and the second gets what is left of one more."""
+    with socket.socket() as silent, socket.socket() as also_silent:
+        ports = []
+        for sock in (silent, also_silent):
+            sock.bind(("127.0.0.1", 0))
+            sock.listen(16)
+            ports.append(sock.getsockname()[1])
+        hosts = ",".join(f"127.0.0.1:{port}" for port in ports)
+        counters = Counters(
+            RateLimitSettings(storage=f"redis+sentinel://{hosts}/svc", storage_timeout_ms=200)
+        )
+        try:
+            for call in (counters.hit, counters.test):
+                started = time.monotonic()
+                with pytest.raises(StorageUnavailable, match="No master found"):
+                    call(limits_of("1/minute"), bucket, "k")
+                assert 0.18 <= time.monotonic() - started < 0.5
+            started = time.monotonic()
+            assert counters.reachable() is False
+            assert time.monotonic() - started < 0.5
+        finally:
+            release(counters)
+
+
+def test_a_sentinel_that_never_answers_costs_one_timeout_once(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """The first Sentinel of the URI takes connections but never answers: after its
+    timeout the second names the primary, and is asked first from then on."""
+    primary = OwnRedis(tmp_path).start()
+    request.addfinalizer(primary.close)
+    sentinel = start_own_sentinel(tmp_path, primary, "svc")
+    request.addfinalizer(sentinel.close)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        hosts = f"127.0.0.1:{silent.getsockname()[1]},127.0.0.1:{sentinel.port}"
+        counters = Counters(
+            RateLimitSettings(storage=f"redis+sentinel://{hosts}/svc", storage_timeout_ms=300)
+        )
+        try:
+            two = limits_of("2/minute")
+            started = time.monotonic()
+            assert counters.hit(two, "b", "k").remaining == 1
+            assert 0.27 <= time.monotonic() - started < 0.6
+            release(counters)  # the next check connects, and asks for the primary, anew
+            started = time.monotonic()
+            assert counters.hit(two, "b", "k").remaining == 0
+            assert time.monotonic() - started < 0.2
+        finally:
+            release(counters)
+
+
+def test_a_cluster_that_is_down_or_gone_fails_the_check_within_the_timeout(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A one-node cluster no longer serves every slot (CLUSTERDOWN), stops answering,
+    then dies and comes back empty. Each failed check ends within twice the timeout
+    (a timeout, then the topology refresh it asked for), and counting resumes by
+    itself each time."""
+    node = start_own_cluster(tmp_path)
+    request.addfinalizer(node.close)
+    counters = Counters(
+        RateLimitSettings(storage=f"redis+cluster://127.0.0.1:{node.port}", storage_timeout_ms=200)
+    )
+    request.addfinalizer(lambda: release(counters))
+
+    def fails_quickly() -> None:
+        for call in (counters.hit, counters.test, counters.hit):
+            started = time.monotonic()
+            with pytest.raises(StorageUnavailable):
+                call(five, "b", "k")
+            assert time.monotonic() - started < 0.5
+
+    five = limits_of("5/minute")
+    assert counters.hit(five, "b", "k").remaining == 4
+    ask(node.port, "CLUSTER", "DELSLOTSRANGE", 0, 99)
+    wait_until(lambda: b"cluster_state:fail" in ask(node.port, "CLUSTER", "INFO"), 5, "down")
+    fails_quickly()
+    ask(node.port, "CLUSTER", "ADDSLOTSRANGE", 0, 99)
+    wait_until(lambda: b"cluster_state:ok" in ask(node.port, "CLUSTER", "INFO"), 5, "up")
+    assert counters.hit(five, "b", "k").remaining == 3
+
+    node.freeze()
+    fails_quickly()
+    node.thaw()
+    # Once thawed, the node runs what was sent to it meanwhile, counted or not.
+    assert counters.hit(five, "b", "thawed").remaining == 4
+
+    node.kill()
+    fails_quickly()
+    assert counters.reachable() is False
+    node.start()  # the same port and nodes file: the same slots, no counters
+    wait_until(lambda: b"cluster_state:ok" in ask(node.port, "CLUSTER", "INFO"), 5, "back")
+    assert counters.hit(five, "b", "k").remaining == 4
 
 
 # --- through the app -----------------------------------------------------------------------

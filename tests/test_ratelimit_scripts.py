@@ -28,6 +28,7 @@ from tests.integration.redis_support import (
     OwnRedis,
     command_log,
     delete_counters,
+    release,
     require_shared_redis,
     start_own_cluster,
     start_own_sentinel,
@@ -60,19 +61,6 @@ def bucket(shared_url: str) -> Iterator[str]:
 
 def counters_on(url: str, strategy: str) -> Counters:
     return Counters(RateLimitSettings(storage=url, strategy=strategy))
-
-
-def release(counters: Counters) -> None:
-    """Close the sockets of a storage on a server the test started: left to the
-    garbage collector, they warn in whichever test happens to run next."""
-    storage: Any = counters.storage
-    clients = [getattr(storage, "storage", None), getattr(storage, "storage_slave", None)]
-    clients += list(getattr(getattr(storage, "sentinel", None), "sentinels", []))
-    for client in clients:
-        if isinstance(client, redis.RedisCluster):
-            client.close()
-        elif client is not None:
-            client.connection_pool.disconnect()
 
 
 # --- one round trip ------------------------------------------------------------------------

@@ -5,7 +5,8 @@ reached, a test that needs it fails under CI=true and is skipped, with the reaso
 elsewhere. Tests on the shared Redis never flush it: each one counts under route
 names and buckets of its own (`unique()`), and counters are keyed by bucket and
 client key. Tests that kill or freeze Redis start a private redis-server on a free
-port (OwnRedis) and stop it by its PID.
+port (OwnRedis), or several as a cluster (start_redis_cluster) or a primary, replica
+and Sentinels (start_sentinels), and stop each by its PID.
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import limits
 import pytest
 import redis
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from gateway.config.model import RateLimit
 from gateway.ratelimit import Counters
@@ -131,6 +134,19 @@ def command_log(counters: Counters, monkeypatch: pytest.MonkeyPatch) -> CommandL
     return CommandLog(counters.storage.get_connection(), monkeypatch)
 
 
+def release(counters: Counters) -> None:
+    """Close the sockets of a storage on a server the test started: left to the
+    garbage collector, they warn in whichever test happens to run next."""
+    storage: Any = counters.storage
+    clients = [getattr(storage, "storage", None), getattr(storage, "storage_slave", None)]
+    clients += list(getattr(getattr(storage, "sentinel", None), "sentinels", []))
+    for client in clients:
+        if isinstance(client, redis.RedisCluster):
+            client.close()
+        elif client is not None:
+            client.connection_pool.disconnect()
+
+
 # -- a private redis-server --------------------------------------------------------------
 
 
@@ -236,25 +252,10 @@ class OwnRedis:
 
 
 def start_own_cluster(workdir: Path) -> OwnRedis:
-    """A one-node Redis Cluster in `workdir` (its nodes.conf lands there): every slot
+    """A one-node Redis Cluster in `workdir` (its nodes file lands there): every slot
     on one server, which still refuses a command whose keys span two slots, as a
     cluster of many nodes does. The caller closes it."""
-    # The bus port is named: by default it is the port + 10000, past 65535 for many
-    # of the ports free_port() hands out.
-    bus = ("--cluster-port", str(free_port()))
-    node = OwnRedis(workdir, extra_args=("--cluster-enabled", "yes", *bus)).start()
-    client = redis.Redis(host=LOOPBACK, port=node.port, socket_timeout=2)
-    try:
-        client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
-        ends = time.monotonic() + 10
-        while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-            if time.monotonic() > ends:
-                node.close()
-                raise RuntimeError(f"the one-node cluster on port {node.port} is not ok")
-            time.sleep(0.05)
-    finally:
-        client.close()
-    return node
+    return start_redis_cluster(workdir, masters=1, replicas=False).masters[0]
 
 
 def start_own_sentinel(workdir: Path, primary: OwnRedis, service: str) -> OwnRedis:
@@ -264,6 +265,270 @@ def start_own_sentinel(workdir: Path, primary: OwnRedis, service: str) -> OwnRed
     config = workdir / f"sentinel-{port}.conf"  # Sentinel rewrites its file: one each
     config.write_text(f"sentinel monitor {service} {LOOPBACK} {primary.port} 1\n")
     return OwnRedis(workdir, port=port, config_file=config, extra_args=("--sentinel",)).start()
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Polls `check` until it holds (a Redis error counts as not yet), or fails the
+    test saying `what` did not happen."""
+    ends = time.monotonic() + timeout
+    while True:
+        try:
+            if check():
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > ends:
+            raise AssertionError(f"{what}: not within {timeout} s")
+        time.sleep(0.05)
+
+
+def ask(port: int, *command: Any) -> Any:
+    """One command to the server on `port`, on a connection of its own."""
+    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        return client.execute_command(*command)
+    finally:
+        client.close()
+
+
+def role(port: int) -> str:
+    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return str(client.info("replication")["role"])
+    finally:
+        client.close()
+
+
+# A replica's first sync starts at once, not after the default 5 s wait for others.
+NO_SYNC_DELAY = ("--repl-diskless-sync-delay", "0")
+
+
+@dataclass
+class OwnCluster:
+    """A Redis Cluster of the test's own: masters[i] serves the i-th share of the
+    slots, replicas[i] (when there are replicas) replicates it."""
+
+    masters: list[OwnRedis]
+    replicas: list[OwnRedis]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"{LOOPBACK}:{m.port}" for m in self.masters)
+
+    def nodes(self) -> list[OwnRedis]:
+        return [*self.masters, *self.replicas]
+
+    def slots(self, index: int) -> range:
+        """The slots masters[index] was given."""
+        share = REDIS_CLUSTER_HASH_SLOTS // len(self.masters)
+        last = REDIS_CLUSTER_HASH_SLOTS if index == len(self.masters) - 1 else share * (index + 1)
+        return range(share * index, last)
+
+    def state_ok(self, node: OwnRedis) -> bool:
+        return "cluster_state:ok" in _cluster_info(node.port)
+
+    def close(self) -> None:
+        for node in self.nodes():
+            node.close()
+
+
+def limit_key(bucket: str, limit: str, client_key: str = f"ip:{LOOPBACK}") -> str:
+    """The Redis key of a moving-window counter: limits' key, with its prefix."""
+    return f"LIMITS:{limits.parse(limit).key_for(bucket, client_key)}"
+
+
+def name_in_slots(slots: range, limit: str, client_key: str = f"ip:{LOOPBACK}") -> str:
+    """A fresh route (bucket) name whose `limit` counter for `client_key` hashes to
+    one of `slots`: on a cluster, a counter on the master of the test's choosing."""
+    while True:
+        name = unique("slot")
+        if key_slot(limit_key(name, limit, client_key).encode()) in slots:
+            return name
+
+
+def _cluster_info(port: int) -> str:
+    reply = ask(port, "CLUSTER", "INFO")
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def _replicas_known(port: int) -> int:
+    """How many nodes the node on `port` takes for replicas (itself included)."""
+    lines = ask(port, "CLUSTER", "NODES").decode().splitlines()
+    return sum("slave" in line.split()[2].split(",") for line in lines)
+
+
+def start_redis_cluster(
+    workdir: Path, *, masters: int = 3, replicas: bool = True, node_timeout_ms: int = 1000
+) -> OwnCluster:
+    """A Redis Cluster of `masters` masters (each with a replica when `replicas`) on
+    free loopback ports. A master that stops answering for `node_timeout_ms` is
+    failed over to its replica. The caller closes it; on a failure here every server
+    started so far is stopped."""
+    started: list[OwnRedis] = []
+    buses: dict[int, int] = {}
+    try:
+        for _ in range(masters * (2 if replicas else 1)):
+            port, bus = free_port(), free_port()
+            buses[port] = bus
+            # Each node rewrites its own nodes file; the bus port is named, as the
+            # default (port + 10000) is past 65535 for many of the ports handed out.
+            node = OwnRedis(
+                workdir,
+                port=port,
+                extra_args=(
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-port",
+                    str(bus),
+                    "--cluster-config-file",
+                    f"nodes-{port}.conf",
+                    "--cluster-node-timeout",
+                    str(node_timeout_ms),
+                    *NO_SYNC_DELAY,
+                ),
+            )
+            started.append(node)  # before it starts: stopped even if it never answers
+            node.start()
+        cluster = OwnCluster(started[:masters], started[masters:])
+        first = started[0]
+        for node in started[1:]:
+            ask(node.port, "CLUSTER", "MEET", LOOPBACK, first.port, buses[first.port])
+        for index, master in enumerate(cluster.masters):
+            slots = cluster.slots(index)
+            ask(master.port, "CLUSTER", "ADDSLOTSRANGE", slots.start, slots.stop - 1)
+        wait_until(
+            lambda: all(
+                f"cluster_known_nodes:{len(started)}" in _cluster_info(n.port) for n in started
+            ),
+            10,
+            "every cluster node knows the others",
+        )
+        for master, replica in zip(cluster.masters, cluster.replicas, strict=False):
+            master_id = ask(master.port, "CLUSTER", "MYID").decode()
+            wait_until(
+                lambda r=replica, m=master_id: bool(ask(r.port, "CLUSTER", "REPLICATE", m)),
+                10,
+                f"node {replica.port} replicates {master.port}",
+            )
+        for replica in cluster.replicas:
+            wait_until(
+                lambda r=replica: ask(r.port, "INFO", "replication")["master_link_status"] == "up",
+                10,
+                f"replica {replica.port} in sync",
+            )
+        # Every node must know the replicas as such: any of them may be the one to
+        # count a failover's votes.
+        wait_until(
+            lambda: all(
+                cluster.state_ok(n) and _replicas_known(n.port) == len(cluster.replicas)
+                for n in started
+            ),
+            15,
+            "the cluster is ok, replicas included, on every node",
+        )
+        return cluster
+    except BaseException:
+        for node in started:
+            node.close()
+        raise
+
+
+@dataclass
+class OwnSentinels:
+    """A primary, its replica, and Sentinels watching them under `service`."""
+
+    primary: OwnRedis
+    replica: OwnRedis
+    sentinels: list[OwnRedis]
+    service: str
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"{LOOPBACK}:{s.port}" for s in self.sentinels)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def primary_port(self) -> int:
+        """The port of the primary, as the first Sentinel that answers names it."""
+        for sentinel in self.sentinels:
+            if sentinel.stopped:
+                continue
+            try:
+                _, port = ask(sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            except redis.RedisError:
+                continue
+            return int(port)
+        raise AssertionError("no Sentinel answers")
+
+    def close(self) -> None:
+        for server in (*self.sentinels, self.replica, self.primary):
+            server.close()
+
+
+def _sentinel_view(port: int, service: str) -> tuple[int, int]:
+    """How many other Sentinels and how many replicas the Sentinel on `port` knows."""
+    client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        state = client.sentinel_master(service)
+    finally:
+        client.close()
+    return int(state["num-other-sentinels"]), int(state["num-slaves"])
+
+
+def start_sentinels(
+    workdir: Path, service: str, *, count: int = 3, down_after_ms: int = 1000
+) -> OwnSentinels:
+    """A primary with one replica, and `count` Sentinels (a quorum of a majority) that
+    fail it over `down_after_ms` after it stops answering. The Sentinels are told of
+    each other and of the replica up front, rather than finding them out over a few
+    seconds. The caller closes it; on a failure here everything started is stopped."""
+    started: list[OwnRedis] = []
+    try:
+        # Each server is listed before it starts: stopped even if it never answers.
+        primary = OwnRedis(workdir, extra_args=NO_SYNC_DELAY)
+        started.append(primary)
+        primary.start()
+        follow = ("--replicaof", LOOPBACK, str(primary.port))
+        replica = OwnRedis(workdir, extra_args=(*follow, *NO_SYNC_DELAY))
+        started.append(replica)
+        replica.start()
+        wait_until(
+            lambda: ask(replica.port, "INFO", "replication")["master_link_status"] == "up",
+            10,
+            "the replica in sync",
+        )
+        ports = [free_port() for _ in range(count)]
+        ids = [uuid.uuid4().hex + uuid.uuid4().hex[:8] for _ in range(count)]
+        sentinels = []
+        for port, own_id in zip(ports, ids, strict=True):
+            config = workdir / f"sentinel-{port}.conf"  # Sentinel rewrites its file
+            lines = [
+                f"sentinel myid {own_id}",
+                f"sentinel monitor {service} {LOOPBACK} {primary.port} {count // 2 + 1}",
+                f"sentinel down-after-milliseconds {service} {down_after_ms}",
+                f"sentinel failover-timeout {service} {max(10 * down_after_ms, 5000)}",
+                f"sentinel known-replica {service} {LOOPBACK} {replica.port}",
+            ]
+            lines += [
+                f"sentinel known-sentinel {service} {LOOPBACK} {other} {other_id}"
+                for other, other_id in zip(ports, ids, strict=True)
+                if other != port
+            ]
+            config.write_text("\n".join(lines) + "\n")
+            sentinel = OwnRedis(workdir, port=port, config_file=config, extra_args=("--sentinel",))
+            started.append(sentinel)
+            sentinel.start()
+            sentinels.append(sentinel)
+        group = OwnSentinels(primary, replica, sentinels, service)
+        wait_until(
+            lambda: all(_sentinel_view(s.port, service) == (count - 1, 1) for s in sentinels),
+            10,
+            "every Sentinel knows the others and the replica",
+        )
+        return group
+    except BaseException:
+        for server in reversed(started):
+            server.close()
+        raise
 
 
 # -- gateways with rate limits -----------------------------------------------------------
