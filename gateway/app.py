@@ -157,6 +157,8 @@ class Gateway:
                 instance=ctx.path,
                 request_id=ctx.request_id,
             )
+        if ctx.body is not None:
+            ctx.body.close()  # a spooled upload's file goes, whatever the answer was
         if not ctx.cors_applied:  # answered outside a route's chain
             (ctx.route.cors if ctx.route is not None else self.cors).decorate(ctx, response)
         response.headers["X-Request-ID"] = ctx.request_id

@@ -50,6 +50,18 @@ class CircuitBreaker:
                 return "half_open"
             return self._state
 
+    def refusing(self) -> BreakerOpen | None:
+        """BreakerOpen while the breaker refuses every call (open, no probe due yet),
+        without taking the probe: a caller can answer at once, before it does work of
+        its own (reading a request body) that would be wasted."""
+        if self.threshold <= 0:
+            return None
+        with self._lock:
+            waited = self._clock() - self._opened_at
+            if self._state == "open" and waited < self.open_seconds:
+                return BreakerOpen(max(1, math.ceil(self.open_seconds - waited)))
+            return None
+
     def before_call(self) -> None:
         """Raise BreakerOpen unless this call may go to the upstream."""
         if self.threshold <= 0:

@@ -23,6 +23,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import NoReturn
 
 import httpcore
 import httpx
@@ -281,6 +282,10 @@ class Forwarder:
         origin = self.origins[upstream.name]
         target = self.upstream_target(ctx)
         method = ctx.request.method
+        breaker = self.breakers[upstream.name]
+        refusal = breaker.refusing()
+        if refusal is not None:  # answered before the body is read: nothing to waste
+            self._breaker_open(ctx, refusal)
         if ctx.body is None:
             # Read whole before the upstream is called: a slow client is answered 408
             # and never spends the upstream's deadline or counts against its breaker.
@@ -306,15 +311,10 @@ class Forwarder:
             content=body.content,
             extensions={"timeout": origin.timeouts},
         )
-        breaker = self.breakers[upstream.name]
         try:
             breaker.before_call()
         except BreakerOpen as exc:
-            ctx.upstream_error = "breaker_open"
-            raise ServiceUnavailable(
-                f"The {upstream.name} service is failing; calls to it are paused.",
-                headers={"Retry-After": str(exc.retry_after)},
-            ) from None
+            self._breaker_open(ctx, exc)
         deadline = time.monotonic() + upstream.timeout + upstream.connect_timeout
         attempts = 1 + (upstream.retries if method in _IDEMPOTENT else 0)
         started = time.perf_counter()
@@ -340,6 +340,15 @@ class Forwarder:
         else:
             breaker.succeeded()
         return self._client_response(ctx, response, small_body, deadline)
+
+    @staticmethod
+    def _breaker_open(ctx: RequestContext, exc: BreakerOpen) -> NoReturn:
+        assert ctx.route is not None
+        ctx.upstream_error = "breaker_open"
+        raise ServiceUnavailable(
+            f"The {ctx.route.upstream.name} service is failing; calls to it are paused.",
+            headers={"Retry-After": str(exc.retry_after)},
+        ) from None
 
     def _send(
         self,

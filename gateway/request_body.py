@@ -11,9 +11,12 @@ memory; larger ones go to a temporary file, so memory does not grow with
 
 from __future__ import annotations
 
+import logging
+import ssl
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import IO, Any
 
 from gunicorn.http.errors import NoMoreData, ParseException  # type: ignore[import-untyped]
@@ -25,9 +28,16 @@ from gateway.problems import (
     NotImplementedByGateway,
     PayloadTooLarge,
     RequestTimeout,
+    ServiceUnavailable,
 )
 
+log = logging.getLogger("gateway.edge")
+
 _CHUNK = 64 * 1024
+# What the gateway's gunicorn workers put in the environ (gateway/workers.py):
+TIME_LIMIT = "gateway.time_limit"  # seconds -> a context that ends a block at that limit
+# ...and what the app sets for them: after this answer, close the connection.
+CLOSE_CONNECTION = "gateway.close_connection"
 
 
 class BufferedBody:
@@ -103,23 +113,37 @@ def read_body(
         return BufferedBody.of(b"")
     reader = _TimedReader(request, time.monotonic() + timeout, timeout)
     spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=memory_bytes)  # noqa: SIM115
+    time_limit: Callable[[float], AbstractContextManager[None]] | None = request.environ.get(
+        TIME_LIMIT
+    )
     size = 0
     try:
-        while declared is None or size < declared:
-            want = _CHUNK if declared is None else min(_CHUNK, declared - size)
-            chunk = reader.read(want)
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > max_bytes:
-                raise PayloadTooLarge(
-                    f"The request body is over {max_bytes} bytes.", max_body_bytes=max_bytes
-                )
-            spool.write(chunk)
+        # Each read is bounded by the time left, but a server's read may loop over
+        # several recv() calls, each with that timeout; the worker's limit, where it
+        # has one, bounds the whole body.
+        with time_limit(timeout) if time_limit is not None else nullcontext():
+            while declared is None or size < declared:
+                want = _CHUNK if declared is None else min(_CHUNK, declared - size)
+                chunk = reader.read(want)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > max_bytes:
+                    raise PayloadTooLarge(
+                        f"The request body is over {max_bytes} bytes.", max_body_bytes=max_bytes
+                    )
+                _spool(spool, chunk)
         if declared is not None and size < declared:
             raise BadRequest("The request body ended before its declared length.")
+    except TimeoutError:
+        spool.close()
+        request.environ[CLOSE_CONNECTION] = True
+        raise reader.too_slow() from None
     except BaseException:
         spool.close()
+        # The rest of the body, if any, is still on the connection: its end, and so
+        # where a next request would start, is unknown.
+        request.environ[CLOSE_CONNECTION] = True
         raise
     finally:
         reader.restore()
@@ -149,15 +173,15 @@ class _TimedReader:
     def read(self, size: int) -> bytes:
         remaining = self.deadline - time.monotonic()
         if remaining <= 0:
-            raise self._too_slow()
+            raise self.too_slow()
         try:
             if self.sock is not None:
                 self.sock.settimeout(remaining)
             data: bytes = self.stream.read(size)
             return data
         except TimeoutError:
-            raise self._too_slow() from None
-        except (NoMoreData, ClientDisconnected, ConnectionError):
+            raise self.too_slow() from None
+        except (NoMoreData, ClientDisconnected, ConnectionError, ssl.SSLError):
             raise BadRequest("The request body ended before it was complete.") from None
         except (ParseException, ValueError) as exc:
             raise BadRequest(f"The chunked request body is malformed: {exc}.") from None
@@ -169,5 +193,16 @@ class _TimedReader:
             except OSError:
                 pass  # the client is gone
 
-    def _too_slow(self) -> RequestTimeout:
+    def too_slow(self) -> RequestTimeout:
         return RequestTimeout(f"The request body did not arrive within {self.timeout:g} seconds.")
+
+
+def _spool(spool: IO[bytes], chunk: bytes) -> None:
+    try:
+        spool.write(chunk)
+    except OSError as exc:  # the temporary folder is full or gone
+        log.error("cannot buffer a request body: %s", exc)
+        raise ServiceUnavailable(
+            "The gateway cannot take request bodies this large right now.",
+            headers={"Retry-After": "1"},
+        ) from None

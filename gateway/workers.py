@@ -29,9 +29,12 @@ import functools
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from http import HTTPStatus
 from typing import Any
 
@@ -48,6 +51,7 @@ from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped
 
 from gateway.config.model import GatewaySettings
 from gateway.problems import PROBLEM_JSON, problem_type, status_code_name, status_title
+from gateway.request_body import CLOSE_CONNECTION, TIME_LIMIT
 
 log = logging.getLogger("gateway.edge")
 
@@ -97,9 +101,12 @@ _current_target = threading.local()
 
 
 class _ProblemErrors:
-    """gunicorn's own error answers as problem+json, with the request path when known."""
+    """gunicorn's own error answers as problem+json, with the request path when known;
+    the app wrapped in _EdgeApp."""
 
     log: Any
+    wsgi: Any
+    edge: GatewaySettings
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         if isinstance(exc, RequestHeadTimeout):
@@ -124,6 +131,42 @@ class _ProblemErrors:
         gunicorn_util.write_error = write_problem_error
         super().init_process()  # type: ignore[misc]
 
+    def load_wsgi(self) -> None:
+        super().load_wsgi()  # type: ignore[misc]
+        self.edge = _edge_settings(self.wsgi)
+        self.wsgi = _EdgeApp(self.wsgi, self.time_limit)
+
+    # A limit on the total time of a block, or None where the worker has none (a
+    # thread blocked in recv() cannot be interrupted: only each read is bounded).
+    time_limit: Callable[[float], AbstractContextManager[None]] | None = None
+
+
+class _EdgeApp:
+    """The app as the gateway's workers call it.
+
+    It hands the app the worker's total-time limit (`gateway.time_limit`), and closes
+    the connection after an answer the app marked `gateway.close_connection` (a body
+    too slow or malformed: where the next request would start is unknown). gunicorn
+    then says `Connection: close` in that answer, as RFC 9110 §15.5.9 asks of a 408.
+    """
+
+    def __init__(
+        self, app: Any, time_limit: Callable[[float], AbstractContextManager[None]] | None
+    ) -> None:
+        self.app = app
+        self.time_limit = time_limit
+        self.gateway = getattr(app, "gateway", None)  # what _edge_settings reads
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        if self.time_limit is not None:
+            environ[TIME_LIMIT] = self.time_limit
+        result = self.app(environ, start_response)
+        if environ.get(CLOSE_CONNECTION):
+            server_response = getattr(start_response, "__self__", None)
+            if server_response is not None and hasattr(server_response, "force_close"):
+                server_response.force_close()
+        return result
+
 
 def _edge_settings(wsgi: Any) -> GatewaySettings:
     """The gateway section of the app's config (defaults for any other WSGI app)."""
@@ -138,9 +181,14 @@ class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
 
     edge: GatewaySettings
 
-    def load_wsgi(self) -> None:
-        super().load_wsgi()
-        self.edge = _edge_settings(self.wsgi)
+    @staticmethod
+    def time_limit(seconds: float) -> AbstractContextManager[None]:
+        """TimeoutError in the greenlet if the block outlasts `seconds`, however many
+        reads it makes (each read's own socket timeout starts afresh)."""
+        limit: AbstractContextManager[None] = gevent.Timeout(
+            seconds, TimeoutError(f"more than {seconds:g} s")
+        )
+        return limit
 
     def run(self) -> None:
         """gunicorn's gevent serving loop, noticing a stop within a tenth of a second
@@ -190,11 +238,18 @@ class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
             parser = gunicorn_http.get_parser(self.cfg, client, addr)
             listener_name = listener.getsockname()
             idle = self.edge.request_head_timeout
+            proxy_protocol_info: dict[str, Any] = {}
             while True:
                 req = None
                 req = self._next_request(parser, client, idle)
                 if req is None:
                     break
+                # The PROXY protocol header comes once per connection; every request
+                # on it has the same client (gunicorn's own loop does the same).
+                if req.proxy_protocol_info:
+                    proxy_protocol_info = req.proxy_protocol_info
+                else:
+                    req.proxy_protocol_info = proxy_protocol_info
                 client.settimeout(self.edge.response_send_timeout)
                 self.handle_request(listener_name, req, client, addr)
                 if not self.cfg.keepalive:
@@ -206,6 +261,11 @@ class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
             # A write the client did not take in time, or a read past its deadline:
             # the connection is dropped; the request's own log line says the rest.
             self.log.debug("Closing a connection that stopped reading or sending.")
+        except ssl.SSLError as exc:
+            if exc.args[0] == ssl.SSL_ERROR_EOF:
+                self.log.debug("ssl connection closed")
+            else:
+                self.handle_error(req, client, addr, exc)
         except OSError as exc:
             if exc.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
                 self.log.exception("Socket error processing request.")
@@ -221,8 +281,14 @@ class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
         a head begun but not finished within request_head_timeout is a
         RequestHeadTimeout (408)."""
         head_timeout = self.edge.request_head_timeout
-        if _body_left(parser) and not parser.finish_body(deadline=time.monotonic() + head_timeout):
-            return None  # the last body could not be skipped: its end is unknown
+        if _body_left(parser):
+            skipped = False
+            # finish_body bounds each read, not their sum: a client dripping the
+            # rest of an unread body would hold the connection without the total.
+            with gevent.Timeout(head_timeout, False):
+                skipped = parser.finish_body(deadline=time.monotonic() + head_timeout)
+            if not skipped:
+                return None  # the last body could not be skipped: its end is unknown
         if not _buffered(parser, client) and not _arrives(client, idle):
             return None
         client.settimeout(head_timeout)

@@ -550,3 +550,17 @@ def test_without_a_breaker_config_failures_never_short_circuit(mock: respx.MockR
         assert status == 200
     finally:
         app.gateway.forwarder.close()  # type: ignore[attr-defined]
+
+
+def test_refusing_answers_while_open_without_taking_the_probe() -> None:
+    now = [0.0]
+    breaker = CircuitBreaker(1, 10.0, clock=lambda: now[0])
+    assert breaker.refusing() is None
+    breaker.failed()
+    refusal = breaker.refusing()
+    assert refusal is not None and refusal.retry_after == 10
+    now[0] = 10.0
+    assert breaker.refusing() is None  # a probe is due: let the caller ask for it
+    breaker.before_call()  # the probe is still there to take
+    with pytest.raises(BreakerOpen):
+        breaker.before_call()

@@ -53,7 +53,7 @@ class GatewaySettings:
     request_body_timeout: float = 60.0
     response_send_timeout: float = 60.0
     max_header_bytes: int = 65_536
-    body_memory_bytes: int = 1_048_576
+    body_memory_bytes: int = 65_536
 
 
 @dataclass(frozen=True, slots=True)

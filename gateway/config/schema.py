@@ -103,7 +103,7 @@ GATEWAY = _object(
             "type": "integer",
             "minimum": 0,
             "description": "Request bodies up to this size are buffered in memory; larger "
-            "ones in a temporary file until the upload is complete.",
+            "ones in a temporary file until the upload is complete (default 65536).",
         },
     },
     description="Settings of the gateway process itself.",

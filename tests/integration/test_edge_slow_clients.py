@@ -234,3 +234,67 @@ def test_a_client_that_stops_reading_releases_its_upstream_connection(
         assert waited < 5.0
     finally:
         server.stop()
+
+
+def test_a_body_dripped_without_pause_still_ends_at_the_body_deadline(
+    strict_gateway: Gateway, upstream: MisbehavingUpstream, token: str
+) -> None:
+    """One byte every 0.3 s never lets a single read time out; the body deadline is a
+    total all the same, and the 408 says Connection: close."""
+    with socket.create_connection((LOOPBACK, strict_gateway.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /api/ok/{token} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        answer = b""
+        sock.settimeout(0.3)
+        while time.monotonic() - started < 8 and not answer:
+            try:
+                sock.sendall(b"x")
+                answer = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        took = time.monotonic() - started
+        rest, _ = _read_answer(sock, within=2)
+    answer += rest
+    status, problem = _problem_of(answer)
+    assert status == 408 and problem["code"] == "request_timeout", answer
+    assert b"connection: close" in answer.lower(), answer
+    assert took < BODY_TIMEOUT + 1.0, took
+    assert upstream.received(token) == []
+
+
+def test_an_unread_body_dripped_after_the_answer_does_not_hold_the_connection(
+    strict_gateway: Gateway, token: str
+) -> None:
+    """A 404 is answered without reading the declared body; skipping it is bounded by
+    request_head_timeout in total, not per read."""
+    with socket.create_connection((LOOPBACK, strict_gateway.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /nowhere/{token} HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n\r\n".encode()
+        )
+        started = time.monotonic()
+        closed_after = None
+        sock.settimeout(0.2)
+        data = b""
+        while time.monotonic() - started < 8:
+            try:
+                sock.sendall(b"x")
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            try:
+                piece = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+            if not piece:
+                closed_after = time.monotonic() - started
+                break
+            data += piece
+    assert data.startswith(b"HTTP/1.1 404"), data[:300]
+    assert closed_after is not None and closed_after < HEAD_TIMEOUT + 1.5, closed_after

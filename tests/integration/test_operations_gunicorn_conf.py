@@ -5,6 +5,7 @@ workers set up by its hooks."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -181,3 +182,41 @@ def test_gateway_graceful_timeout_bounds_the_wait_for_requests_in_flight(
     [result] = outcome
     assert not (isinstance(result, Reply) and result.status == 200 and result.complete)
     assert not metrics_dir.exists()
+
+
+def test_every_request_of_a_proxy_protocol_connection_keeps_its_client_address(
+    tmp_path: Path, upstream: MisbehavingUpstream, closed_port: int, token: str
+) -> None:
+    """PROXY protocol v1 names the client once per connection; the second request on
+    that connection must not fall back to the load balancer's address."""
+    config = write_config(
+        tmp_path / "routes.yaml",
+        gateway_config(upstream.url, f"http://{LOOPBACK}:{closed_port}"),
+    )
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    server = start_gunicorn(
+        tmp_path,
+        config,
+        temp,
+        GUNICORN_CMD_ARGS="--proxy-protocol v1 --proxy-allow-from 127.0.0.1",
+    )
+    try:
+        with socket.create_connection((LOOPBACK, server.port), timeout=10) as sock:
+            sock.sendall(
+                b"PROXY TCP4 203.0.113.9 127.0.0.1 40000 80\r\n"
+                + f"GET /api/ok/{token}-1 HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            time.sleep(0.5)
+            sock.sendall(
+                f"GET /api/ok/{token}-2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            )
+            data = b""
+            while piece := sock.recv(65536):
+                data += piece
+        assert data.count(b"HTTP/1.1 200") == 2, data
+        for n in (1, 2):
+            received = upstream.only(f"{token}-{n}")
+            assert received.header_values("X-Forwarded-For") == ["203.0.113.9"], received.headers
+    finally:
+        server.stop()
