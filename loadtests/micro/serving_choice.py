@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -57,6 +58,37 @@ def cpu_seconds(pids: list[int]) -> float:
     return total
 
 
+def start_setup(
+    kind: str,
+    workers: int,
+    size: int,
+    config: dict[str, Any],
+    work: Path,
+    env: dict[str, str],
+    index: int,
+) -> bench.Server:
+    """One gateway for a setup, started as the container starts it
+    (`gunicorn -c gunicorn.conf.py`), sized by the GATEWAY_* variables."""
+    config_file = work / f"gateway-{index}.yaml"
+    config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+    port = bench.free_port()
+    server_env = {
+        **env,
+        "GATEWAY_CONFIG": str(config_file),
+        "GATEWAY_BIND": f"{bench.LOOPBACK}:{port}",
+        "GATEWAY_WORKERS": str(workers),
+        "GATEWAY_THREADS": str(size),
+        "GATEWAY_WORKER_CLASS": WORKER_CLASSES[kind],
+    }
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
+    if kind != "gthread":
+        argv += ["--worker-connections", str(size)]
+    argv.append("gateway:create_app()")
+    name = f"{kind}:{workers}x{size}"
+    server = bench.Server(name, argv, port, work / f"gateway-{index}.log", workers)
+    return server.start(work, server_env)
+
+
 def parse_setup(text: str) -> tuple[str, int, int]:
     kind, _, size = text.partition(":")
     workers, _, threads = size.partition("x")
@@ -82,7 +114,6 @@ def main() -> int:
     if problem := bench.redis_problem(args.redis_url):
         print(f"serving_choice: needs Redis: {problem}")
         return 2
-    bin_dir = Path(sys.executable).parent
     env = {k: v for k, v in bench.os.environ.items() if not k.startswith(("GATEWAY_", "PROM"))}
     env["PYTHONUNBUFFERED"] = "1"
     tag = f"serving-{int(time.time())}"
@@ -108,25 +139,9 @@ def main() -> int:
                     "moving-window",
                     f"bench-{tag}-{len(gateways)}",
                 )
-                config_file = work / f"gateway-{len(gateways)}.yaml"
-                config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-                port = bench.free_port()
-                server_env = {
-                    **env,
-                    "GATEWAY_CONFIG": str(config_file),
-                    "GATEWAY_BIND": f"{bench.LOOPBACK}:{port}",
-                    "GATEWAY_WORKERS": str(workers),
-                    "GATEWAY_THREADS": str(threads),
-                }
-                server_env["GATEWAY_WORKER_CLASS"] = WORKER_CLASSES[kind]
-                argv = [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
-                if kind != "gthread":
-                    argv += ["--worker-connections", str(threads)]
-                argv.append("gateway:create_app()")
-                server = bench.Server(
-                    name, argv, port, work / f"gateway-{len(gateways)}.log", workers
-                )
-                servers.append(server.start(work, server_env))
+                server = start_setup(kind, workers, threads, config, work, env, len(gateways))
+                servers.append(server)
+                port = server.port
                 status, _, body = bench.http_get(port, path, headers)
                 if status != 200:
                     print(f"serving_choice: {name} answered {status}: {body}")

@@ -22,16 +22,12 @@ import threading
 import time
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
 import bench  # noqa: E402
-from serving_choice import WORKER_CLASSES, parse_setup  # noqa: E402
-
-ROOT = HERE.parent.parent
+from serving_choice import parse_setup, start_setup  # noqa: E402
 
 
 def drip(port: int, stop: threading.Event, interval: float, body: bool) -> None:
@@ -66,7 +62,6 @@ def main() -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     args = p.parse_args()
     env = {k: v for k, v in bench.os.environ.items() if not k.startswith(("GATEWAY_", "PROM"))}
-    bin_dir = Path(sys.executable).parent
     servers: list[bench.Server] = []
     with tempfile.TemporaryDirectory(prefix="gateway-slow-") as tmp:
         work = Path(tmp)
@@ -89,24 +84,9 @@ def main() -> int:
                 config = bench.gateway_config(
                     "jwt", 10, f"http://{bench.LOOPBACK}:{stub_port}", key_file, "", "", ""
                 )
-                config_file = work / f"gateway-{index}.yaml"
-                config_file.write_text(yaml.safe_dump(config, sort_keys=False))
-                port = bench.free_port()
-                server_env = {
-                    **env,
-                    "GATEWAY_CONFIG": str(config_file),
-                    "GATEWAY_BIND": f"{bench.LOOPBACK}:{port}",
-                    "GATEWAY_WORKERS": str(workers),
-                    "GATEWAY_THREADS": str(size),
-                    "GATEWAY_WORKER_CLASS": WORKER_CLASSES[kind],
-                }
-                argv = [str(bin_dir / "gunicorn"), "-c", str(ROOT / "gunicorn.conf.py")]
-                if kind == "gevent":
-                    argv += ["--worker-connections", str(size)]
-                argv.append("gateway:create_app()")
-                name = f"{kind}:{workers}x{size}"
-                server = bench.Server(name, argv, port, work / f"gateway-{index}.log", workers)
-                servers.append(server.start(work, server_env))
+                server = start_setup(kind, workers, size, config, work, env, index)
+                servers.append(server)
+                port, name = server.port, server.name
                 stop = threading.Event()
                 threads = [
                     threading.Thread(

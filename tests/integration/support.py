@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -554,4 +555,25 @@ class Gateway:
 
 
 StartGateway = Callable[..., Gateway]
+
+
+@contextmanager
+def serving(
+    workdir: Path, config: dict[str, Any], *, name: str = "gateway", workers: int = 1
+) -> Iterator[Gateway]:
+    """`gateway serve` with this config for the length of a block (4 threads, which
+    only the threaded worker uses)."""
+    server = start_server(
+        gateway_serve_argv(write_config(workdir / "routes.yaml", config), workers, 4),
+        workdir=workdir,
+        name=name,
+        env=subprocess_env(),
+        workers=workers,
+    )
+    try:
+        yield Gateway(server, config)
+    finally:
+        server.stop()
+
+
 PUBLIC_URL = "https://api.example.test"

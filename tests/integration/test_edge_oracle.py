@@ -25,10 +25,7 @@ from .support import (
     Gateway,
     Reply,
     assert_problem,
-    gateway_serve_argv,
-    start_server,
-    subprocess_env,
-    write_config,
+    serving,
 )
 from .upstream import MisbehavingUpstream
 
@@ -82,18 +79,8 @@ def gateway(
         },
         "routes": [_route("jwt-only", ["jwt"]), _route("either", ["jwt", "api_key"])],
     }
-    workdir = tmp_path_factory.mktemp("edge-oracle")
-    server = start_server(
-        gateway_serve_argv(write_config(workdir / "routes.yaml", config), 1, 4),
-        workdir=workdir,
-        name="gateway-oracle",
-        env=subprocess_env(),
-        workers=1,
-    )
-    try:
-        yield Gateway(server, config)
-    finally:
-        server.stop()
+    with serving(tmp_path_factory.mktemp("edge-oracle"), config, name="gateway-oracle") as gw:
+        yield gw
 
 
 def address() -> str:

@@ -21,10 +21,7 @@ from .support import (
     LOOPBACK,
     Gateway,
     assert_problem,
-    gateway_serve_argv,
-    start_server,
-    subprocess_env,
-    write_config,
+    serving,
 )
 
 pytestmark = pytest.mark.integration
@@ -99,17 +96,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, problem_upstream: str) -> 
         ],
     }
     workdir = tmp_path_factory.mktemp("edge-problem-type")
-    server = start_server(
-        gateway_serve_argv(write_config(workdir / "routes.yaml", config), 1, 4),
-        workdir=workdir,
-        name="gateway-problem-type",
-        env=subprocess_env(),
-        workers=1,
-    )
-    try:
-        yield Gateway(server, config)
-    finally:
-        server.stop()
+    with serving(workdir, config, name="gateway-problem-type") as gateway:
+        yield gateway
 
 
 @pytest.mark.parametrize("case", list(TYPES))

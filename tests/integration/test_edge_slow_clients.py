@@ -21,11 +21,8 @@ from .support import (
     Gateway,
     StartGateway,
     gateway_config,
-    gateway_serve_argv,
     http_request,
-    start_server,
-    subprocess_env,
-    write_config,
+    serving,
 )
 from .upstream import MisbehavingUpstream
 
@@ -68,18 +65,8 @@ def strict_gateway(
         request_body_timeout=BODY_TIMEOUT,
     )
     config["upstreams"]["backend"]["breaker"] = {"failures": 2, "open_seconds": 30}
-    path = write_config(tmp_path / "routes.yaml", config)
-    server = start_server(
-        gateway_serve_argv(path, 1, 4),
-        workdir=tmp_path,
-        name="gateway",
-        env=subprocess_env(),
-        workers=1,
-    )
-    try:
-        yield Gateway(server, config)
-    finally:
-        server.stop()
+    with serving(tmp_path, config) as gateway:
+        yield gateway
 
 
 def _read_answer(sock: socket.socket, within: float) -> tuple[bytes, float]:
@@ -210,30 +197,22 @@ def test_a_client_that_stops_reading_releases_its_upstream_connection(
         upstream.url, f"http://{LOOPBACK}:{closed_port}", response_send_timeout=1.0
     )
     config["upstreams"]["bulk"]["max_connections"] = 1
-    path = write_config(tmp_path / "routes.yaml", config)
-    server = start_server(
-        gateway_serve_argv(path, 1, 4),
-        workdir=tmp_path,
-        name="gateway",
-        env=subprocess_env(),
-        workers=1,
-    )
-    try:
-        with socket.create_connection((LOOPBACK, server.port), timeout=5) as stalled:
-            stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            stalled.sendall(f"GET /bulk/huge/{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            time.sleep(0.5)  # the answer has begun and fills the socket buffers
-            started = time.monotonic()
-            while True:
-                reply = http_request(server.port, "GET", f"/bulk/ok/{token}-next", timeout=5)
-                if reply.status == 200 or time.monotonic() - started > 8:
-                    break
-                time.sleep(0.2)
-            waited = time.monotonic() - started
-        assert reply.status == 200, reply.describe()
-        assert waited < 5.0
-    finally:
-        server.stop()
+    with (
+        serving(tmp_path, config) as gateway,
+        socket.create_connection((LOOPBACK, gateway.port), timeout=5) as stalled,
+    ):
+        stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stalled.sendall(f"GET /bulk/huge/{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        time.sleep(0.5)  # the answer has begun and fills the socket buffers
+        started = time.monotonic()
+        while True:
+            reply = http_request(gateway.port, "GET", f"/bulk/ok/{token}-next", timeout=5)
+            if reply.status == 200 or time.monotonic() - started > 8:
+                break
+            time.sleep(0.2)
+        waited = time.monotonic() - started
+    assert reply.status == 200, reply.describe()
+    assert waited < 5.0
 
 
 def test_a_body_dripped_without_pause_still_ends_at_the_body_deadline(
