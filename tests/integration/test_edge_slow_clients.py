@@ -22,6 +22,7 @@ from .support import (
     StartGateway,
     gateway_config,
     http_request,
+    memory_kib,
     serving,
 )
 from .upstream import MisbehavingUpstream
@@ -277,3 +278,35 @@ def test_an_unread_body_dripped_after_the_answer_does_not_hold_the_connection(
             data += piece
     assert data.startswith(b"HTTP/1.1 404"), data[:300]
     assert closed_after is not None and closed_after < HEAD_TIMEOUT + 1.5, closed_after
+
+
+def test_a_large_chunked_upload_waits_on_disk_not_in_worker_memory(
+    tmp_path: Path, upstream: MisbehavingUpstream, closed_port: int, token: str
+) -> None:
+    """24 MiB sent chunked (size unknown until the end) under a 256 MiB limit: the
+    worker's peak memory grows by a small fraction of it, and the upstream gets every
+    byte. (It used to be held whole in memory: 300 MB took a worker to 598 MB.)"""
+    config = gateway_config(
+        upstream.url, f"http://{LOOPBACK}:{closed_port}", max_body_bytes=256 * 1024 * 1024
+    )
+    config["upstreams"]["backend"]["timeout"] = 30.0  # the test upstream reads slowly
+    piece = bytes(range(256)) * 256  # 64 KiB
+    pieces = 384  # 24 MiB
+    with serving(tmp_path, config) as gateway:
+        [worker] = gateway.server.workers()
+        before = memory_kib(worker)["VmHWM"]
+        with socket.create_connection((LOOPBACK, gateway.port), timeout=30) as sock:
+            sock.sendall(
+                f"POST /api/ok/{token} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n".encode()
+            )
+            for _ in range(pieces):
+                sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
+            sock.sendall(b"0\r\n\r\n")
+            answer, _ = _read_answer(sock, within=30)
+        grown = memory_kib(worker)["VmHWM"] - before
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
+    received = upstream.only(token)
+    assert len(received.body) == len(piece) * pieces
+    assert received.body[: len(piece)] == piece and received.body[-len(piece) :] == piece
+    assert grown < 8 * 1024, f"the worker's peak memory grew by {grown} KiB"
