@@ -703,3 +703,30 @@ def test_each_strategy_loads(strategy: str) -> None:
     config = load_config_text(text, "routes.yaml", {})
     assert config.rate_limits.strategy == strategy
     assert Counters(config.rate_limits).limiter is not None
+
+
+def test_a_request_asks_a_storage_that_just_failed_it_no_more(
+    upstream: respx.MockRouter,
+) -> None:
+    """The guard's check fails on a dead Redis; the route's limit and the failure count
+    then skip the storage, so one request pays its timeout once, not three times."""
+    text = config_text(
+        f"redis://127.0.0.1:{closed_port()}/0", extra="  on_storage_error: allow\n"
+    )
+    for client in make_client(text):
+        counters = client.application.gateway.counters  # type: ignore[attr-defined]
+        calls: list[str] = []
+        for name in ("test", "hit"):
+            original = getattr(counters, name)
+
+            def counted(*args: object, _name: str = name, _original: object = original) -> object:
+                calls.append(_name)
+                return _original(*args)  # type: ignore[operator]
+
+            setattr(counters, name, counted)
+        ip = address()
+        assert get(client, "/secure", ip, **{"X-API-Key": SERVICE_KEY}).status_code == 200
+        assert calls == ["test"]
+        calls.clear()
+        problem(get(client, "/secure", ip, **{"X-API-Key": "wrong"}), 401, "unauthorized")
+        assert calls == ["test"]

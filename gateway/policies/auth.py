@@ -162,6 +162,8 @@ class FailureGuard:
             )
 
     def failed(self, ctx: RequestContext) -> None:
+        if ctx.rate_limit_storage_failed:
+            return  # the check just failed: this request pays the storage timeout once
         try:
             self.counters.hit(self.limits, self.BUCKET, f"ip:{ctx.client.ip}")
         except StorageUnavailable:

@@ -60,6 +60,13 @@ class ApplyRateLimit:
     def on_request(self, ctx: RequestContext) -> Response | None:
         key = client_key(ctx, self.key_by)
         ctx.rate_limit_key = key
+        if ctx.rate_limit_storage_failed:
+            # The guard's call failed a moment ago in this request: asking again would
+            # make one request pay the storage's timeout twice over.
+            error = storage_down(self.counters)
+            if error is not None:
+                raise error
+            return None
         try:
             verdict = self.counters.hit(self.limits, self.bucket, key)
         except StorageUnavailable:
