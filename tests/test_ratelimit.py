@@ -710,17 +710,20 @@ def test_a_request_asks_a_storage_that_just_failed_it_no_more(
 ) -> None:
     """The guard's check fails on a dead Redis; the route's limit and the failure count
     then skip the storage, so one request pays its timeout once, not three times."""
-    text = config_text(
-        f"redis://127.0.0.1:{closed_port()}/0", extra="  on_storage_error: allow\n"
-    )
+    text = config_text(f"redis://127.0.0.1:{closed_port()}/0", extra="  on_storage_error: allow\n")
     for client in make_client(text):
         counters = client.application.gateway.counters  # type: ignore[attr-defined]
         calls: list[str] = []
         for name in ("test", "hit"):
             original = getattr(counters, name)
 
-            def counted(*args: object, _name: str = name, _original: object = original) -> object:
-                calls.append(_name)
+            def counted(
+                *args: object,
+                _name: str = name,
+                _original: object = original,
+                _calls: list[str] = calls,
+            ) -> object:
+                _calls.append(_name)
                 return _original(*args)  # type: ignore[operator]
 
             setattr(counters, name, counted)
