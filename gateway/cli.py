@@ -121,7 +121,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "redis:// URL to share counters.",
             file=sys.stderr,
         )
-    GatewayServer(config, gunicorn_options(args.host, args.port, args.workers, args.threads)).run()
+    options = gunicorn_options(
+        args.host, args.port, args.workers, args.threads, args.worker_connections
+    )
+    GatewayServer(config, options).run()
     return 0
 
 
@@ -176,7 +179,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=2)
-    serve.add_argument("--threads", type=int, default=8)
+    serve.add_argument(
+        "--threads", type=int, default=8, help="threads per worker (threaded worker only)"
+    )
+    serve.add_argument(
+        "--worker-connections",
+        type=int,
+        default=1000,
+        help="connections one worker serves at once (the default event-loop worker)",
+    )
     serve.set_defaults(func=cmd_serve)
     demo = with_config(
         commands.add_parser("demo", help="run the users and orders stubs and the gateway")

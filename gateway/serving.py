@@ -106,12 +106,15 @@ HARDENED_SETTINGS: dict[str, Any] = {
 }
 
 
-def gunicorn_options(host: str, port: int, workers: int, threads: int) -> dict[str, Any]:
+def gunicorn_options(
+    host: str, port: int, workers: int, threads: int, worker_connections: int = 1000
+) -> dict[str, Any]:
     return {
         **HARDENED_SETTINGS,
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
+        "worker_connections": worker_connections,
         "errorlog": "-",
         "loglevel": "info",
     }

@@ -51,3 +51,10 @@ def test_a_worker_collects_nothing_while_booting_then_freezes_its_app(
     assert gc.get_freeze_count() >= len(app["routes"])
     # A full collection no longer walks the frozen app.
     assert all(obj is not app for obj in gc.get_objects())
+
+
+def test_gateway_serve_runs_the_event_loop_worker_sized_by_connections() -> None:
+    options = gunicorn_options("127.0.0.1", 8080, 2, 8, worker_connections=250)
+    assert options["worker_class"] == "gateway.workers.GatewayWorker"
+    assert options["worker_connections"] == 250
+    assert gunicorn_options("127.0.0.1", 8080, 2, 8)["worker_connections"] == 1000
