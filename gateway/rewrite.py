@@ -1,6 +1,6 @@
 """Upstream addresses in `Link` and `Location` headers, turned into public ones.
 
-A client must never learn an upstream's address (CONTRACT §4). An upstream URL is
+A client must never learn an upstream's address. An upstream URL is
 mapped back through the route table: its path is matched against the routes'
 `upstream_path` templates (the current route first, then every route of that
 upstream) and rebuilt from the winning route's public `path`, query kept.

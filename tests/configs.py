@@ -6,8 +6,8 @@ import hashlib
 
 DIGEST = hashlib.sha256(b"demo-service-key").hexdigest()
 
-# The CONTRACT §2 example, with a real digest in place of its placeholder.
-CONTRACT_EXAMPLE = f"""\
+# The documented routes.yaml example, with a real digest in place of its placeholder.
+REFERENCE_EXAMPLE = f"""\
 version: 1
 gateway:
   public_url: ""            # base URL clients use; empty: taken from the request

@@ -12,11 +12,11 @@ import yaml
 
 from gateway import cli
 from gateway.config.schema import SCHEMA
-from tests.configs import CONTRACT_EXAMPLE, DIGEST
+from tests.configs import DIGEST, REFERENCE_EXAMPLE
 
 REPO = Path(__file__).resolve().parent.parent
 
-# The CONTRACT §2 example, with a real digest in place of its placeholder.
+# The documented routes.yaml example, with a real digest in place of its placeholder.
 
 # Public routes, so `explain` follows them all the way to the upstream.
 ROUTES = """\
@@ -107,7 +107,7 @@ def test_check_valid_config_exits_0_with_a_one_line_summary(
 def test_check_contract_example_is_valid(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code, out, _ = run(capsys, "check", "-c", write(tmp_path, CONTRACT_EXAMPLE))
+    code, out, _ = run(capsys, "check", "-c", write(tmp_path, REFERENCE_EXAMPLE))
     assert code == 0
     assert out.strip().endswith("OK, 1 routes to 1 upstreams")
 
@@ -197,13 +197,13 @@ def test_contract_example_validates_against_the_printed_schema(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     validator = jsonschema.Draft202012Validator(printed_schema(capsys))
-    errors = [error.message for error in validator.iter_errors(yaml.safe_load(CONTRACT_EXAMPLE))]
+    errors = [error.message for error in validator.iter_errors(yaml.safe_load(REFERENCE_EXAMPLE))]
     assert errors == []
 
 
 def test_printed_schema_refuses_unknown_keys(capsys: pytest.CaptureFixture[str]) -> None:
     validator = jsonschema.Draft202012Validator(printed_schema(capsys))
-    data = yaml.safe_load(CONTRACT_EXAMPLE)
+    data = yaml.safe_load(REFERENCE_EXAMPLE)
     data["upstreams"]["users"]["retires"] = 2
     data["routes"][0]["rate_limt"] = ["1/second"]
     assert len(list(validator.iter_errors(data))) == 2
@@ -269,7 +269,7 @@ def test_routes_columns_line_up(tmp_path: Path, capsys: pytest.CaptureFixture[st
 
 
 def test_routes_shows_auth_and_roles(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "routes", "-c", write(tmp_path, CONTRACT_EXAMPLE))
+    code, out, _ = run(capsys, "routes", "-c", write(tmp_path, REFERENCE_EXAMPLE))
     assert code == 0
     row = out.splitlines()[1]
     assert "jwt,api_key" in row

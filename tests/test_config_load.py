@@ -21,7 +21,7 @@ from gateway.config.model import (
     Route,
     Upstream,
 )
-from tests.configs import CONTRACT_EXAMPLE, DIGEST
+from tests.configs import DIGEST, REFERENCE_EXAMPLE
 
 FILE = "routes.yaml"
 
@@ -65,7 +65,7 @@ def with_routes(routes: str, head: str = "") -> str:
 
 
 def test_contract_example_loads_into_the_model() -> None:
-    config = load(CONTRACT_EXAMPLE)
+    config = load(REFERENCE_EXAMPLE)
     assert config.source == FILE
     assert config.gateway == GatewaySettings(
         public_url="", trusted_proxies=0, max_body_bytes=1048576
@@ -118,7 +118,7 @@ def test_contract_example_loads_into_the_model() -> None:
 
 def test_environment_reaches_the_model() -> None:
     env = {"USERS_URL": "http://users.internal:9000", "RATE_LIMIT_STORAGE": "redis://r:6379/0"}
-    config = load(CONTRACT_EXAMPLE, env)
+    config = load(REFERENCE_EXAMPLE, env)
     assert config.upstreams["users"].url == "http://users.internal:9000"
     assert config.auth.jwt is not None
     assert config.auth.jwt.jwks_url == "http://users.internal:9000/.well-known/jwks.json"
@@ -126,7 +126,7 @@ def test_environment_reaches_the_model() -> None:
 
 
 def test_the_model_is_frozen() -> None:
-    config = load(CONTRACT_EXAMPLE)
+    config = load(REFERENCE_EXAMPLE)
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.routes = ()  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -1,4 +1,4 @@
-"""Cursor pagination (CONTRACT §5): limit rules, signed cursors, Link, keyset walks."""
+"""Cursor pagination: limit rules, signed cursors, Link, keyset walks."""
 
 from __future__ import annotations
 

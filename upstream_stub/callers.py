@@ -1,4 +1,4 @@
-"""Who is calling, as the gateway tells it in identity headers (CONTRACT §4).
+"""Who is calling, as the gateway tells it in identity headers.
 
 The stub trusts these headers the way a service behind a gateway does: the gateway
 strips client-sent copies and sets them from a verified token or API key. A request

@@ -1,4 +1,4 @@
-"""Cursor pagination exactly as the gateway's contract describes it (CONTRACT §5).
+"""Cursor pagination exactly as the gateway's docs describe it.
 
 `?limit=` defaults to 50 and is clamped to 200; below 1 or not a whole number is a
 400. `?cursor=` is opaque: base64url of the last item's position (created_at, id)

@@ -34,7 +34,7 @@ class Person:
     password: str | None  # demo users only; generated users cannot log in
 
 
-# CONTRACT §5: the three demo logins.
+# The three demo logins the README names.
 DEMO_USERS = (
     ("admin@example.com", "Ada Admin", "admin", "admin-password"),
     ("member@example.com", "Max Member", "member", "member-password"),

@@ -45,7 +45,7 @@ T = TypeVar("T")
 
 
 def resolve_config_path(explicit: str | None = None) -> str:
-    """`-c` wins, then GATEWAY_CONFIG, then ./routes.yaml (CONTRACT §1)."""
+    """`-c` wins, then GATEWAY_CONFIG, then ./routes.yaml."""
     return explicit or os.environ.get("GATEWAY_CONFIG") or DEFAULT_CONFIG_PATH
 
 

@@ -16,8 +16,6 @@ RateLimitKey = Literal["identity", "ip"]
 RateLimitStrategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
 StorageErrorMode = Literal["allow", "deny"]
 
-HTTP_METHODS: tuple[str, ...] = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
 
 @dataclass(frozen=True, slots=True)
 class Location:
@@ -154,12 +152,6 @@ class Versions:
     default: str
     options: tuple[VersionOption, ...]
     header: str = "Accept-Version"
-
-    def option(self, name: str) -> VersionOption | None:
-        for option in self.options:
-            if option.name == name:
-                return option
-        return None
 
 
 @dataclass(frozen=True, slots=True)

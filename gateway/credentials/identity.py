@@ -36,7 +36,7 @@ class Identity:
         return f"user:{self.subject}" if self.subject else f"key:{self.consumer_id}"
 
     def upstream_headers(self) -> dict[str, str]:
-        """CONTRACT §4: identity goes upstream only in headers the gateway itself sets."""
+        """Identity goes upstream only in headers the gateway itself sets."""
         headers = {"X-Auth-Method": self.method, "X-User-Roles": ",".join(self.roles)}
         if self.subject:
             headers["X-User-Id"] = self.subject

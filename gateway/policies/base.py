@@ -45,7 +45,6 @@ class RequestContext:
     cors_applied: bool = False
     version: str | None = None  # chosen by header versioning
     upstream_template: PathTemplate | None = None  # the chosen version's upstream path
-    rate_limit_key: str | None = None  # the client key counted, once a limit applied
     rate_limit_verdict: Verdict | None = None
     rate_limit_storage_failed: bool = False
     upstream_error: str | None = None  # refused, reset, timeout, bad_response, breaker_open

@@ -1,6 +1,6 @@
 """Rate limits per route and client, with the budget told to the client.
 
-Keys (CONTRACT §4): `user:<sub>` or `key:<id>` for an authenticated caller, else
+Keys: `user:<sub>` or `key:<id>` for an authenticated caller, else
 `ip:<addr>` (from trusted_proxies only); `rate_limit_key: ip` always counts by address.
 Counters are per route, or per named bucket shared by routes. Every limited response
 carries X-RateLimit-* and the IETF RateLimit-Policy / RateLimit fields
@@ -59,7 +59,6 @@ class ApplyRateLimit:
 
     def on_request(self, ctx: RequestContext) -> Response | None:
         key = client_key(ctx, self.key_by)
-        ctx.rate_limit_key = key
         if ctx.rate_limit_storage_failed:
             # The guard's call failed a moment ago in this request: asking again would
             # make one request pay the storage's timeout twice over.

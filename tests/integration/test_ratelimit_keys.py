@@ -1,4 +1,4 @@
-"""Whom a limit counts: client keys and buckets (CONTRACT §4), on the shared Redis.
+"""Whom a limit counts: client keys and buckets, on the shared Redis.
 
 Anonymous callers are `ip:<addr>`, with X-Forwarded-For believed for trusted_proxies
 hops only; authenticated callers are `user:<sub>` or `key:<id>`; `rate_limit_key: ip`
