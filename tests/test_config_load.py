@@ -13,11 +13,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from gateway.config import Config, ConfigError, load_config, load_config_text, resolve_config_path
 from gateway.config.model import (
     ApiKey,
+    ApiKeySettings,
     CorsSettings,
     GatewaySettings,
     JwtSettings,
     Location,
     RateLimit,
+    RateLimitSettings,
     Route,
     Upstream,
 )
@@ -162,7 +164,8 @@ def test_defaults_fill_what_the_file_leaves_out() -> None:
     assert config.gateway == GatewaySettings()
     assert config.cors == CorsSettings()
     assert config.auth.jwt is None and config.auth.api_keys is None
-    assert config.rate_limits.default == ()
+    assert config.rate_limits == RateLimitSettings()
+    assert config.rate_limits.auth_failures == (RateLimit("10/minute", 10, 60),)
     assert config.upstreams["users"] == Upstream("users", "http://127.0.0.1:8081")
     route = config.routes[0]
     assert route.upstream_path == "/users/{id}"
@@ -1056,3 +1059,21 @@ def test_plain_role_names_are_accepted() -> None:
         "secret: 0123456789abcdef0123456789abcdef}\n",
     )
     assert load(text).routes[0].roles == ("member", "team.lead", "ops-2", "x_y")
+
+
+def test_sections_that_state_no_default_load_the_models_defaults() -> None:
+    """The loader takes every default from the model: a section given with only its
+    required keys equals the model built with only those."""
+    text = MINIMAL.replace(
+        "upstreams:",
+        "auth:\n  jwt: {issuer: i, audience: a, algorithms: [HS256],"
+        " secret: 0123456789abcdef0123456789abcdef}\n"
+        "  api_keys: {keys: []}\n"
+        "upstreams:",
+    ).replace("    url: http://127.0.0.1:8081", "    url: http://127.0.0.1:8081\n    breaker: {}")
+    config = load(text)
+    assert config.auth.jwt == JwtSettings(
+        "i", "a", ("HS256",), secret="0123456789abcdef0123456789abcdef"
+    )
+    assert config.auth.api_keys == ApiKeySettings()
+    assert config.upstreams["users"] == Upstream("users", "http://127.0.0.1:8081")

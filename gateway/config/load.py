@@ -9,6 +9,7 @@ file in one round.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path as FilePath
@@ -20,7 +21,6 @@ import limits
 from gateway.config.checks import Checker, parse_date, resolve_relative, schema_problems
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.model import (
-    PRIVATE_NETWORKS,
     ApiKey,
     ApiKeySettings,
     AuthSettings,
@@ -40,7 +40,24 @@ from gateway.config.model import (
 from gateway.config.source import Document, parse
 
 DEFAULT_CONFIG_PATH = "routes.yaml"
-_GATEWAY_DEFAULTS = GatewaySettings()
+
+
+def _default(model: type[Any], name: str) -> Any:
+    """The model's default for one field: defaults are stated once, in model.py."""
+    for field in dataclasses.fields(model):
+        if field.name == name:
+            if field.default is not dataclasses.MISSING:
+                return field.default
+            if field.default_factory is not dataclasses.MISSING:
+                return field.default_factory()
+    raise KeyError(f"{model.__name__}.{name} has no default")
+
+
+def _get(data: dict[str, Any], model: type[Any], name: str) -> Any:
+    """data[name] as written, else the model's default."""
+    return data[name] if name in data else _default(model, name)
+
+
 T = TypeVar("T")
 
 
@@ -113,7 +130,7 @@ def _versions(data: dict[str, Any] | None) -> Versions | None:
         return None
     return Versions(
         default=data["default"],
-        header=data.get("header", "Accept-Version"),
+        header=_get(data, Versions, "header"),
         options=tuple(
             VersionOption(name, option["upstream_path"], _deprecation(option.get("deprecation")))
             for name, option in data["options"].items()
@@ -121,16 +138,36 @@ def _versions(data: dict[str, Any] | None) -> Versions | None:
     )
 
 
+def _upstream(name: str, u: dict[str, Any], file: str) -> Upstream:
+    breaker = u.get("breaker", {})
+    return Upstream(
+        name=name,
+        url=u["url"].rstrip("/"),
+        connect_timeout=float(_get(u, Upstream, "connect_timeout")),
+        timeout=float(_get(u, Upstream, "timeout")),
+        retries=int(_get(u, Upstream, "retries")),
+        max_connections=int(_get(u, Upstream, "max_connections")),
+        ca_bundle=str(resolve_relative(file, u["ca_bundle"])) if u.get("ca_bundle") else None,
+        breaker_failures=int(breaker.get("failures", _default(Upstream, "breaker_failures"))),
+        breaker_open_seconds=float(
+            breaker.get("open_seconds", _default(Upstream, "breaker_open_seconds"))
+        ),
+        breaker_on_5xx=bool(breaker.get("on_5xx", _default(Upstream, "breaker_on_5xx"))),
+    )
+
+
 def _cors_settings(cors: dict[str, Any]) -> CorsSettings:
-    defaults = CorsSettings()
+    def get(name: str) -> Any:
+        return _get(cors, CorsSettings, name)
+
     return CorsSettings(
-        allow_origins=tuple(cors.get("allow_origins", ())),
-        allow_credentials=cors.get("allow_credentials", False),
-        allow_methods=tuple(cors.get("allow_methods", defaults.allow_methods)),
-        allow_headers=tuple(cors.get("allow_headers", ())),
-        expose_headers=tuple(cors.get("expose_headers", ())),
-        max_age=int(cors.get("max_age", defaults.max_age)),
-        allow_private_network=cors.get("allow_private_network", False),
+        allow_origins=tuple(get("allow_origins")),
+        allow_credentials=get("allow_credentials"),
+        allow_methods=tuple(get("allow_methods")),
+        allow_headers=tuple(get("allow_headers")),
+        expose_headers=tuple(get("expose_headers")),
+        max_age=int(get("max_age")),
+        allow_private_network=get("allow_private_network"),
     )
 
 
@@ -160,39 +197,25 @@ def _build(document: Document) -> Config:
             jwks_url=jwt_data.get("jwks_url") or None,
             public_key_file=str(resolve_relative(file, key_file)) if key_file else None,
             secret=jwt_data.get("secret") or None,
-            leeway=int(jwt_data.get("leeway", 30)),
-            jwks_cache_seconds=int(jwt_data.get("jwks_cache_seconds", 300)),
-            jwks_cooldown_seconds=float(jwt_data.get("jwks_cooldown_seconds", 30.0)),
-            jwks_timeout=float(jwt_data.get("jwks_timeout", 2.0)),
-            verified_token_cache=int(jwt_data.get("verified_token_cache", 10_000)),
-            roles_claim=jwt_data.get("roles_claim", "role"),
+            leeway=int(_get(jwt_data, JwtSettings, "leeway")),
+            jwks_cache_seconds=int(_get(jwt_data, JwtSettings, "jwks_cache_seconds")),
+            jwks_cooldown_seconds=float(_get(jwt_data, JwtSettings, "jwks_cooldown_seconds")),
+            jwks_timeout=float(_get(jwt_data, JwtSettings, "jwks_timeout")),
+            verified_token_cache=int(_get(jwt_data, JwtSettings, "verified_token_cache")),
+            roles_claim=_get(jwt_data, JwtSettings, "roles_claim"),
         )
     keys_data = auth.get("api_keys")
     api_keys = None
     if keys_data is not None:
         api_keys = ApiKeySettings(
-            header=keys_data.get("header", "X-API-Key"),
+            header=_get(keys_data, ApiKeySettings, "header"),
             keys=tuple(
                 ApiKey(k["id"], k["sha256"].lower(), tuple(k.get("roles", ())))
                 for k in keys_data.get("keys", ())
             ),
         )
 
-    upstreams = {
-        name: Upstream(
-            name=name,
-            url=u["url"].rstrip("/"),
-            connect_timeout=float(u.get("connect_timeout", 1.0)),
-            timeout=float(u.get("timeout", 10.0)),
-            retries=int(u.get("retries", 1)),
-            max_connections=int(u.get("max_connections", 100)),
-            ca_bundle=str(resolve_relative(file, u["ca_bundle"])) if u.get("ca_bundle") else None,
-            breaker_failures=int(u.get("breaker", {}).get("failures", 0)),
-            breaker_open_seconds=float(u.get("breaker", {}).get("open_seconds", 10.0)),
-            breaker_on_5xx=bool(u.get("breaker", {}).get("on_5xx", False)),
-        )
-        for name, u in data["upstreams"].items()
-    }
+    upstreams = {name: _upstream(name, u, file) for name, u in data["upstreams"].items()}
     routes = []
     for index, r in enumerate(data["routes"]):
         pos = document.where(("routes", index))
@@ -207,7 +230,7 @@ def _build(document: Document) -> Config:
                 auth=share(() if r["auth"] == "public" else tuple(dict.fromkeys(r["auth"]))),
                 roles=share(tuple(r.get("roles", ()))),
                 rate_limit=(None if limits_text is None else share(parse_rate_limits(limits_text))),
-                rate_limit_key=r.get("rate_limit_key", "identity"),
+                rate_limit_key=_get(r, Route, "rate_limit_key"),
                 rate_limit_bucket=r.get("rate_limit_bucket"),
                 cors=share(_cors_settings({**cors, **r["cors"]})) if "cors" in r else None,
                 deprecation=share(_deprecation(r.get("deprecation"))),
@@ -218,31 +241,29 @@ def _build(document: Document) -> Config:
     return Config(
         source=file,
         gateway=GatewaySettings(
-            public_url=gw.get("public_url", "").rstrip("/"),
-            trusted_proxies=int(gw.get("trusted_proxies", 0)),
-            max_body_bytes=int(gw.get("max_body_bytes", 1_048_576)),
-            metrics_allow=tuple(gw.get("metrics_allow", PRIVATE_NETWORKS)),
-            request_head_timeout=float(
-                gw.get("request_head_timeout", _GATEWAY_DEFAULTS.request_head_timeout)
-            ),
-            request_body_timeout=float(
-                gw.get("request_body_timeout", _GATEWAY_DEFAULTS.request_body_timeout)
-            ),
-            response_send_timeout=float(
-                gw.get("response_send_timeout", _GATEWAY_DEFAULTS.response_send_timeout)
-            ),
-            max_header_bytes=int(gw.get("max_header_bytes", _GATEWAY_DEFAULTS.max_header_bytes)),
-            body_memory_bytes=int(gw.get("body_memory_bytes", _GATEWAY_DEFAULTS.body_memory_bytes)),
+            public_url=_get(gw, GatewaySettings, "public_url").rstrip("/"),
+            trusted_proxies=int(_get(gw, GatewaySettings, "trusted_proxies")),
+            max_body_bytes=int(_get(gw, GatewaySettings, "max_body_bytes")),
+            metrics_allow=tuple(_get(gw, GatewaySettings, "metrics_allow")),
+            request_head_timeout=float(_get(gw, GatewaySettings, "request_head_timeout")),
+            request_body_timeout=float(_get(gw, GatewaySettings, "request_body_timeout")),
+            response_send_timeout=float(_get(gw, GatewaySettings, "response_send_timeout")),
+            max_header_bytes=int(_get(gw, GatewaySettings, "max_header_bytes")),
+            body_memory_bytes=int(_get(gw, GatewaySettings, "body_memory_bytes")),
         ),
         cors=_cors_settings(cors),
         auth=AuthSettings(jwt=jwt, api_keys=api_keys),
         rate_limits=RateLimitSettings(
-            storage=rl.get("storage", "memory://"),
-            strategy=rl.get("strategy", "moving-window"),
-            on_storage_error=rl.get("on_storage_error", "allow"),
-            default=parse_rate_limits(rl.get("default", [])),
-            storage_timeout_ms=int(rl.get("storage_timeout_ms", 50)),
-            auth_failures=parse_rate_limits(rl.get("auth_failures", ["10/minute"])),
+            storage=_get(rl, RateLimitSettings, "storage"),
+            strategy=_get(rl, RateLimitSettings, "strategy"),
+            on_storage_error=_get(rl, RateLimitSettings, "on_storage_error"),
+            default=parse_rate_limits(rl["default"])
+            if "default" in rl
+            else _default(RateLimitSettings, "default"),
+            storage_timeout_ms=int(_get(rl, RateLimitSettings, "storage_timeout_ms")),
+            auth_failures=parse_rate_limits(rl["auth_failures"])
+            if "auth_failures" in rl
+            else _default(RateLimitSettings, "auth_failures"),
         ),
         upstreams=MappingProxyType(upstreams),
         routes=tuple(routes),

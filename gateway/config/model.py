@@ -116,7 +116,8 @@ class RateLimitSettings:
     on_storage_error: StorageErrorMode = "allow"
     default: tuple[RateLimit, ...] = ()
     storage_timeout_ms: int = 50
-    auth_failures: tuple[RateLimit, ...] = ()
+    # The brute-force guard: refused credentials per client address (rate_limits docs).
+    auth_failures: tuple[RateLimit, ...] = (RateLimit("10/minute", 10, 60),)
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.config.model import PRIVATE_NETWORKS
+
 SCHEMA_ID = "urn:gateway:routes-yaml:v1"
 
 _ALGORITHMS = [
@@ -68,8 +70,8 @@ GATEWAY = _object(
         "metrics_allow": {
             "type": "array",
             "items": {"type": "string"},
-            "description": "Client networks (CIDR) that may read /metrics (default: "
-            "loopback and private networks).",
+            "description": "Client networks (CIDR) that may read /metrics and the details "
+            f"of /readyz (default [{', '.join(PRIVATE_NETWORKS)}]: loopback and private).",
         },
         "max_body_bytes": {
             "type": "integer",
