@@ -16,11 +16,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY gateway ./gateway
 COPY upstream_stub ./upstream_stub
-# The runtime dependencies only: the `test` extra is not built.
-RUN pip wheel . --wheel-dir /wheels
+# The runtime dependencies only (the `test` extra is not built), at the versions
+# constraints.txt pins, the ones make test ran against.
+RUN pip wheel . --constraint constraints.txt --wheel-dir /wheels
 
 # -- runtime: the wheels in a virtual environment, run as a non-root user -----------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -6,11 +6,27 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint typecheck unit integration clean browser demo
 
-$(STAMP): pyproject.toml
+# constraints.txt pins every package of the resolved set, so CI, a newcomer and the
+# container install the same versions; `make lock` resolves them again.
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,load]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test,load]'
 	touch $(STAMP)
+
+# Resolve pyproject.toml's dependencies afresh (every extra) in a scratch venv and
+# write the result to constraints.txt. Then run make test, and commit both files.
+LOCK_VENV := .lock-venv
+
+.PHONY: lock
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOCK_VENV)/bin/python -m pip install --quiet '.[test,load]'
+	{ echo "# Every package of the resolved set, pinned. Written by make lock; do not edit."; \
+	  $(LOCK_VENV)/bin/python -m pip freeze --exclude gateway; } > constraints.txt
+	rm -rf $(LOCK_VENV) build
 
 install: $(STAMP)
 
@@ -86,4 +102,4 @@ profile: $(STAMP)
 	$(BIN)/python loadtests/profile.py $(PROFILE_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOCK_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -547,3 +547,12 @@ def test_image_command_serves_passes_its_healthcheck_and_stops_cleanly_on_sigter
     assert not list(tmp_path.glob("gateway-metrics-*")), "the metrics folder is removed at exit"
     # Nothing listens any more: the same check now fails.
     assert _run_healthcheck(bind, {}).returncode != 0
+
+
+def test_the_image_builds_the_versions_the_tests_ran_against() -> None:
+    builder = stages()[0]
+    copied = " ".join(i.arguments for i in builder if i.keyword == "COPY")
+    runs = " ".join(i.arguments for i in builder if i.keyword == "RUN")
+    assert "constraints.txt" in copied and "--constraint constraints.txt" in runs, runs
+    makefile = (ROOT / "Makefile").read_text()
+    assert "-c constraints.txt -e '.[test,load]'" in makefile
