@@ -206,9 +206,14 @@ class NotImplementedByGateway(GatewayError):
     status, code, title = 501, "not_implemented", "Not Implemented"
 
 
+def problem_json(body: Mapping[str, Any]) -> bytes:
+    """A problem's bytes, the same for the app's answers and the server's own."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def render(body: Mapping[str, Any], status: int, headers: Headers | None = None) -> Response:
     """The one place a problem+json response is made."""
-    payload = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    payload = problem_json(body)
     response = Response(payload, status=status, headers=headers, content_type=PROBLEM_JSON)
     response.headers["Cache-Control"] = "no-store"
     return response

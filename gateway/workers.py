@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import socket
 import ssl
@@ -50,7 +49,13 @@ from gunicorn.workers.ggevent import GeventWorker  # type: ignore[import-untyped
 from gunicorn.workers.gthread import ThreadWorker  # type: ignore[import-untyped]
 
 from gateway.config.model import GatewaySettings
-from gateway.problems import PROBLEM_JSON, problem_type, status_code_name, status_title
+from gateway.problems import (
+    PROBLEM_JSON,
+    problem_body,
+    problem_json,
+    status_code_name,
+    status_title,
+)
 from gateway.request_body import CLOSE_CONNECTION, TIME_LIMIT
 
 log = logging.getLogger("gateway.edge")
@@ -69,8 +74,15 @@ def write_problem_error(sock: Any, status: int, reason: str, message: str) -> No
     slow to arrive), as problem+json like every other error of the gateway."""
     request_id = uuid.uuid4().hex
     title = status_title(status) if status in HTTPStatus._value2member_map_ else reason
-    body = gunicorn_util.to_bytestring(
-        _problem_json(status, title, message or reason, request_id), "utf-8"
+    body = problem_json(
+        problem_body(
+            status,
+            status_code_name(status),
+            title,
+            message or reason,
+            instance=getattr(_current_target, "path", "") or "",
+            request_id=request_id,
+        )
     )
     head = (
         f"HTTP/1.1 {status} {reason}\r\n"
@@ -81,20 +93,6 @@ def write_problem_error(sock: Any, status: int, reason: str, message: str) -> No
         "Cache-Control: no-store\r\n\r\n"
     ).encode("latin-1")
     gunicorn_util.write_nonblock(sock, head + body)
-
-
-def _problem_json(status: int, title: str, detail: str, request_id: str) -> str:
-    return json.dumps(
-        {
-            "type": problem_type(status),
-            "title": title,
-            "status": status,
-            "detail": detail,
-            "instance": getattr(_current_target, "path", "") or "",
-            "code": status_code_name(status),
-            "request_id": request_id,
-        }
-    )
 
 
 _current_target = threading.local()
