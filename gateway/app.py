@@ -16,20 +16,16 @@ from werkzeug.wrappers import Request, Response
 from gateway.breaker import State
 from gateway.clientinfo import client_info, host_warning, require_host
 from gateway.config import Config, load_config, resolve_config_path
+from gateway.context import RequestContext
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
+from gateway.endpoints import Credentials, build_endpoints
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics, method_label, status_label
 from gateway.observability import log_access, request_id_for, setup_logging
-from gateway.paths import PathTemplate, unsafe_path_reason
-from gateway.policies.auth import Authenticate, FailureGuard
-from gateway.policies.base import Policy, RequestContext
-from gateway.policies.body_limit import BodyLimit
-from gateway.policies.chain import PolicyChain
+from gateway.paths import unsafe_path_reason
+from gateway.policies.auth import FailureGuard
 from gateway.policies.cors import Cors, is_preflight
-from gateway.policies.ratelimit import ApplyRateLimit
-from gateway.policies.roles import RequireRoles
-from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
 from gateway.problems import (
     Forbidden,
     GatewayError,
@@ -43,7 +39,7 @@ from gateway.proxy import Forwarder
 from gateway.ratelimit import Counters
 from gateway.request_body import check_framing
 from gateway.request_head import check_head
-from gateway.routing import CompiledRoute, RouteTable
+from gateway.routing import RouteTable
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -86,47 +82,15 @@ class Gateway:
         self.verifier = JwtVerifier(config.auth.jwt) if config.auth.jwt else None
         self.keyring = ApiKeyRing(config.auth.api_keys) if config.auth.api_keys else None
         self.counters = Counters(config.rate_limits)
-        limits_ = config.rate_limits
-        self.guard = (
-            FailureGuard(limits_.auth_failures, self.counters) if limits_.auth_failures else None
-        )
-        self.table = RouteTable(self._compile(config))
+        auth_failures = config.rate_limits.auth_failures
+        self.guard = FailureGuard(auth_failures, self.counters) if auth_failures else None
+        credentials = Credentials(self.verifier, self.keyring, self.guard)
+        self.table = RouteTable(build_endpoints(config, self.cors, credentials, self.counters))
         self.builtins: dict[str, BuiltinHandler] = {
             "/healthz": Gateway._healthz,
             "/readyz": Gateway._readyz,
             "/metrics": Gateway._metrics,
         }
-
-    def _compile(self, config: Config) -> list[CompiledRoute]:
-        compiled = []
-        for index, route in enumerate(config.routes):
-            cors = Cors(route.cors) if route.cors else self.cors
-            policies: list[Policy] = [cors, BodyLimit(config.gateway)]
-            if not route.is_public:
-                policies.append(Authenticate(route.auth, self.verifier, self.keyring, self.guard))
-            if route.roles:
-                policies.append(RequireRoles(route.roles))
-            route_limits = (
-                route.rate_limit if route.rate_limit is not None else config.rate_limits.default
-            )
-            if route_limits:
-                policies.append(ApplyRateLimit(route, route_limits, self.counters))
-            if route.versions:
-                policies.append(ChooseVersion(route.versions))
-            if route.deprecation:
-                policies.append(AnnounceDeprecation(route.deprecation))
-            compiled.append(
-                CompiledRoute(
-                    index=index,
-                    route=route,
-                    public=PathTemplate.parse(route.path),
-                    upstream_template=PathTemplate.parse(route.upstream_path),
-                    upstream=config.upstreams[route.upstream],
-                    chain=PolicyChain(policies),
-                    cors=cors,
-                )
-            )
-        return compiled
 
     def context(self, req: Request, request_id: str) -> RequestContext:
         client = client_info(req, self.config.gateway.trusted_proxies)
@@ -160,7 +124,7 @@ class Gateway:
         if ctx.body is not None:
             ctx.body.close()  # a spooled upload's file goes, whatever the answer was
         if not ctx.cors_applied:  # answered outside a route's chain
-            (ctx.route.cors if ctx.route is not None else self.cors).decorate(ctx, response)
+            self._cors_for(ctx).decorate(ctx, response)
         response.headers["X-Request-ID"] = ctx.request_id
         self._log(ctx, response)
         return response
@@ -188,8 +152,15 @@ class Gateway:
                 )
             return builtin(self, ctx)
         match = self.table.match(req.method, ctx.path)
-        ctx.route, ctx.params = match.route, match.params
-        return match.route.chain.run(ctx, self.forwarder.forward)
+        ctx.route, ctx.params = match.endpoint.spec, match.params
+        return match.endpoint.chain.run(ctx, self.forwarder.forward)
+
+    def _cors_for(self, ctx: RequestContext) -> Cors:
+        """The CORS rules of the matched route (endpoints are in configuration order),
+        else the top-level ones."""
+        if ctx.route is None:
+            return self.cors
+        return self.table.endpoints[ctx.route.index].cors
 
     def _preflight(self, ctx: RequestContext) -> Response:
         """CORS preflights are the gateway's to answer: no credentials, never forwarded."""
@@ -198,8 +169,8 @@ class Gateway:
             match = self.table.match(requested, ctx.path)
         except MethodNotAllowed:
             return self.cors.preflight(ctx, route_methods=())
-        ctx.route = match.route
-        return match.route.cors.preflight(ctx, route_methods=match.route.route.methods)
+        ctx.route = match.endpoint.spec
+        return match.endpoint.cors.preflight(ctx, route_methods=ctx.route.route.methods)
 
     def _healthz(self, ctx: RequestContext) -> Response:
         return _json({"status": "ok"})
@@ -216,7 +187,7 @@ class Gateway:
         ready = (storage_ok or not deny) and "open" not in breakers.values()
         checks = {
             "config": "loaded",
-            "routes": len(self.table.routes),
+            "routes": len(self.table.endpoints),
             "rate_limit_storage": "ok"
             if storage_ok
             else ("unreachable: requests get 503" if deny else "unreachable: limits not applied"),

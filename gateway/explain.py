@@ -52,20 +52,21 @@ def explain(
             return lines + [
                 f"answer:    {error.status} {error.code} ({error.detail}){extra}"
             ], False
-        route = match.route.route
-        ctx.route, ctx.params = match.route, match.params
+        endpoint = match.endpoint
+        route = endpoint.spec.route
+        ctx.route, ctx.params = endpoint.spec, match.params
         where = f" ({route.location})" if route.location else ""
         lines += [
             f"route:     {route.name}{where}",
             f"params:    {match.params or '-'}",
             f"auth:      {'public' if route.is_public else ' or '.join(route.auth)}",
             f"roles:     {', '.join(route.roles) or '-'}",
-            "policies:  " + " -> ".join([*match.route.chain.names, "forward"]),
+            "policies:  " + " -> ".join([*endpoint.chain.names, "forward"]),
         ]
         # Run the route's real policies (credentials are checked for real, the version
         # is chosen) with a terminal step that forwards nothing.
         passed = Response(status=299)
-        answer = match.route.chain.run(ctx, lambda _ctx: passed)
+        answer = endpoint.chain.run(ctx, lambda _ctx: passed)
         lines.append(f"version:   {_version_line(route, ctx.version, request)}")
         if answer is not passed:
             body = json.loads(answer.get_data() or b"{}")

@@ -32,8 +32,8 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.breaker import BreakerOpen, CircuitBreaker, State
 from gateway.config.model import Config, Upstream
+from gateway.context import RequestContext
 from gateway.deadline import deadline_at, deadline_pool
-from gateway.policies.base import RequestContext
 from gateway.problems import (
     GatewayError,
     InvalidPath,

@@ -43,6 +43,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from gateway.config.model import RateLimit, RateLimitSettings
+from gateway.problems import ServiceUnavailable
 from gateway.ratelimit_scripts import RedisWindows, Windows
 
 log = logging.getLogger("gateway.ratelimit")
@@ -497,3 +498,12 @@ class Counters:
                 self.settings.on_storage_error,
                 self.storage_errors,
             )
+
+
+def storage_down(counters: Counters) -> ServiceUnavailable | None:
+    """What to answer when the counters cannot be reached: None lets traffic pass."""
+    if counters.settings.on_storage_error == "allow":
+        return None
+    return ServiceUnavailable(
+        "Rate limits cannot be checked right now.", headers={"Retry-After": "5"}
+    )

@@ -12,45 +12,56 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 from gateway.config.model import Route, Upstream
 from gateway.paths import NoMatch, PathMatcher, PathTemplate
-from gateway.policies.chain import PolicyChain
-from gateway.policies.cors import Cors
 from gateway.problems import MethodNotAllowed, NotFound
 
 
 @dataclass(frozen=True, slots=True)
-class CompiledRoute:
+class RouteSpec:
+    """A configured route made ready to serve: its templates parsed, its upstream
+    found. `index` is its place in the configuration."""
+
     index: int
     route: Route
     public: PathTemplate
     upstream_template: PathTemplate
     upstream: Upstream
-    chain: PolicyChain
-    cors: Cors  # also answers this route's preflights, which skip the chain
 
     def upstream_path(self, params: dict[str, str]) -> str:
         return self.upstream_template.expand(params)
 
 
+class Routed(Protocol):
+    """Whatever the table holds per route (the app: an Endpoint) names its RouteSpec."""
+
+    @property
+    def spec(self) -> RouteSpec: ...
+
+
+E = TypeVar("E", bound=Routed)
+
+
 @dataclass(frozen=True, slots=True)
-class Match:
-    route: CompiledRoute
+class Match(Generic[E]):
+    endpoint: E
     params: dict[str, str]
 
 
-class RouteTable:
-    def __init__(self, routes: Sequence[CompiledRoute]) -> None:
-        self.routes = tuple(routes)
-        self._matcher: PathMatcher[CompiledRoute] = PathMatcher()
-        for r in self.routes:
-            self._matcher.add(r.public, r, r.route.methods)
+class RouteTable(Generic[E]):
+    def __init__(self, endpoints: Sequence[E]) -> None:
+        self.endpoints = tuple(endpoints)
+        self._matcher: PathMatcher[E] = PathMatcher()
+        for endpoint in self.endpoints:
+            spec = endpoint.spec
+            self._matcher.add(spec.public, endpoint, spec.route.methods)
 
-    def match(self, method: str, path: str) -> Match:
+    def match(self, method: str, path: str) -> Match[E]:
         """The route for a decoded path, or raise the gateway's NotFound/MethodNotAllowed."""
         try:
-            route, params = self._matcher.match(path, method)
+            endpoint, params = self._matcher.match(path, method)
         except NoMatch as exc:
             if not exc.allowed:
                 raise NotFound(f"No route matches {path}.") from None
@@ -59,4 +70,4 @@ class RouteTable:
                 f"{method} is not allowed on {path}; allowed: {', '.join(allowed)}.",
                 allowed=allowed,
             ) from None
-        return Match(route, params)
+        return Match(endpoint, params)

@@ -8,7 +8,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from gateway.clientinfo import ClientInfo
-from gateway.policies.base import RequestContext
+from gateway.context import RequestContext
 
 
 def context(

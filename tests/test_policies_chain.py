@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from werkzeug.wrappers import Response
 
-from gateway.policies.base import RequestContext
+from gateway.context import RequestContext
 from gateway.policies.chain import PolicyChain, Terminal
 from gateway.problems import Forbidden
 from tests.policy_support import context

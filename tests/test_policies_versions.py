@@ -8,7 +8,7 @@ import pytest
 from werkzeug.wrappers import Response
 
 from gateway.config.model import Deprecation, VersionOption, Versions
-from gateway.policies.base import RequestContext
+from gateway.context import RequestContext
 from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
 from gateway.problems import UnsupportedVersion
 from tests.policy_support import context

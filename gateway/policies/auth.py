@@ -12,14 +12,13 @@ from typing import ClassVar
 from werkzeug.wrappers import Response
 
 from gateway.config.model import AuthMethod, RateLimit
+from gateway.context import RequestContext
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.identity import Identity, UnusableClaim, header_safe
 from gateway.credentials.jwks import KeysUnavailable
 from gateway.credentials.jwt import InvalidToken, JwtVerifier
-from gateway.policies.base import RequestContext
-from gateway.policies.ratelimit import storage_down
 from gateway.problems import RateLimited, ServiceUnavailable, Unauthorized
-from gateway.ratelimit import Counters, StorageUnavailable
+from gateway.ratelimit import Counters, StorageUnavailable, storage_down
 
 # RFC 6750 §3: the challenge of a bearer-token resource; `error` only when a token
 # was sent and refused.

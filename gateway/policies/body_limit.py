@@ -14,7 +14,7 @@ from typing import ClassVar
 from werkzeug.wrappers import Response
 
 from gateway.config.model import GatewaySettings
-from gateway.policies.base import RequestContext
+from gateway.context import RequestContext
 from gateway.request_body import declared_length, is_chunked, read_body
 
 

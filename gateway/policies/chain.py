@@ -10,7 +10,8 @@ from collections.abc import Callable, Sequence
 
 from werkzeug.wrappers import Response
 
-from gateway.policies.base import Policy, RequestContext
+from gateway.context import RequestContext
+from gateway.policies.base import Policy
 from gateway.problems import GatewayError, error_response
 
 Terminal = Callable[[RequestContext], Response]

@@ -18,20 +18,10 @@ from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Response
 
 from gateway.config.model import CorsSettings
-from gateway.policies.base import RequestContext
+from gateway.context import RequestContext
+from gateway.headers import add_vary
 
 _PRIVATE_NETWORK = "Access-Control-Allow-Private-Network"
-
-
-def add_vary(response: Response, *names: str) -> None:
-    """Add to Vary, keeping every token of every Vary line the response already has
-    (werkzeug's response.vary reads only the first line)."""
-    tokens: list[str] = []
-    for line in response.headers.getlist("Vary"):
-        tokens += [t.strip() for t in line.split(",") if t.strip()]
-    lowered = {t.lower() for t in tokens}
-    tokens += [n for n in names if n.lower() not in lowered]
-    response.headers["Vary"] = ", ".join(tokens)
 
 
 def is_preflight(headers: Headers, method: str) -> bool:

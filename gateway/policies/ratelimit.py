@@ -15,9 +15,9 @@ from typing import ClassVar
 from werkzeug.wrappers import Response
 
 from gateway.config.model import RateLimit, Route
-from gateway.policies.base import RequestContext
-from gateway.problems import RateLimited, ServiceUnavailable
-from gateway.ratelimit import Counters, StorageUnavailable, Verdict
+from gateway.context import RequestContext
+from gateway.problems import RateLimited
+from gateway.ratelimit import Counters, StorageUnavailable, Verdict, storage_down
 
 
 def client_key(ctx: RequestContext, by: str) -> str:
@@ -37,15 +37,6 @@ def limit_headers(verdict: Verdict) -> dict[str, str]:
         "RateLimit-Policy": f"{policy};q={limit.amount};w={limit.seconds}",
         "RateLimit": f"{policy};r={verdict.remaining};t={reset_in}",
     }
-
-
-def storage_down(counters: Counters) -> ServiceUnavailable | None:
-    """What to answer when the counters cannot be reached: None lets traffic pass."""
-    if counters.settings.on_storage_error == "allow":
-        return None
-    return ServiceUnavailable(
-        "Rate limits cannot be checked right now.", headers={"Retry-After": "5"}
-    )
 
 
 class ApplyRateLimit:

@@ -6,7 +6,7 @@ from typing import ClassVar
 
 from werkzeug.wrappers import Response
 
-from gateway.policies.base import RequestContext
+from gateway.context import RequestContext
 from gateway.problems import Forbidden
 
 

@@ -18,9 +18,9 @@ from werkzeug.http import http_date
 from werkzeug.wrappers import Response
 
 from gateway.config.model import Deprecation, Versions
+from gateway.context import RequestContext
+from gateway.headers import add_vary
 from gateway.paths import PathTemplate
-from gateway.policies.base import RequestContext
-from gateway.policies.cors import add_vary
 from gateway.problems import UnsupportedVersion
 
 

@@ -1,0 +1,76 @@
+"""The endpoint factory: each configured route becomes, once, the policy chain that
+guards it and the CORS rules that answer its preflights (lura's endpoint factory).
+
+Nothing here runs per request; app.py matches a request to its Endpoint and runs it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gateway.config.model import Config
+from gateway.credentials.apikeys import ApiKeyRing
+from gateway.credentials.jwt import JwtVerifier
+from gateway.paths import PathTemplate
+from gateway.policies.auth import Authenticate, FailureGuard
+from gateway.policies.base import Policy
+from gateway.policies.body_limit import BodyLimit
+from gateway.policies.chain import PolicyChain
+from gateway.policies.cors import Cors
+from gateway.policies.ratelimit import ApplyRateLimit
+from gateway.policies.roles import RequireRoles
+from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
+from gateway.ratelimit import Counters
+from gateway.routing import RouteSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    spec: RouteSpec
+    chain: PolicyChain
+    cors: Cors  # also answers this route's preflights, which skip the chain
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What the authentication policies of every route share."""
+
+    verifier: JwtVerifier | None
+    keyring: ApiKeyRing | None
+    guard: FailureGuard | None
+
+
+def build_endpoints(
+    config: Config, default_cors: Cors, credentials: Credentials, counters: Counters
+) -> list[Endpoint]:
+    """One Endpoint per route, in the configuration's order (Endpoint.spec.index)."""
+    endpoints = []
+    for index, route in enumerate(config.routes):
+        cors = Cors(route.cors) if route.cors else default_cors
+        policies: list[Policy] = [cors, BodyLimit(config.gateway)]
+        if not route.is_public:
+            policies.append(
+                Authenticate(
+                    route.auth, credentials.verifier, credentials.keyring, credentials.guard
+                )
+            )
+        if route.roles:
+            policies.append(RequireRoles(route.roles))
+        route_limits = (
+            route.rate_limit if route.rate_limit is not None else config.rate_limits.default
+        )
+        if route_limits:
+            policies.append(ApplyRateLimit(route, route_limits, counters))
+        if route.versions:
+            policies.append(ChooseVersion(route.versions))
+        if route.deprecation:
+            policies.append(AnnounceDeprecation(route.deprecation))
+        spec = RouteSpec(
+            index=index,
+            route=route,
+            public=PathTemplate.parse(route.path),
+            upstream_template=PathTemplate.parse(route.upstream_path),
+            upstream=config.upstreams[route.upstream],
+        )
+        endpoints.append(Endpoint(spec=spec, chain=PolicyChain(policies), cors=cors))
+    return endpoints
