@@ -17,6 +17,7 @@ from gateway.breaker import State
 from gateway.clientinfo import client_info, host_warning, require_host
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.context import RequestContext
+from gateway.cors import Cors, PreflightAnswer, is_preflight
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
 from gateway.endpoints import Credentials, build_endpoints
@@ -25,7 +26,6 @@ from gateway.metrics import Metrics, method_label, status_label
 from gateway.observability import log_access, request_id_for, setup_logging
 from gateway.paths import unsafe_path_reason
 from gateway.policies.auth import FailureGuard
-from gateway.policies.cors import Cors, is_preflight
 from gateway.problems import (
     Forbidden,
     GatewayError,
@@ -123,7 +123,8 @@ class Gateway:
             )
         if ctx.body is not None:
             ctx.body.close()  # a spooled upload's file goes, whatever the answer was
-        if not ctx.cors_applied:  # answered outside a route's chain
+        if not isinstance(response, PreflightAnswer):
+            # The one place CORS meets an answer: successes, every error, built-ins.
             self._cors_for(ctx).decorate(ctx, response)
         response.headers["X-Request-ID"] = ctx.request_id
         self._log(ctx, response)

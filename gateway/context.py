@@ -41,7 +41,6 @@ class RequestContext:
     body: BufferedBody | None = None
     identity: Identity | None = None  # set by the auth policy
     auth_failure: str | None = None  # why auth or roles refused (for logs and metrics)
-    cors_applied: bool = False
     version: str | None = None  # chosen by header versioning
     upstream_template: PathTemplate | None = None  # the chosen version's upstream path
     rate_limit_verdict: Verdict | None = None

@@ -1,5 +1,5 @@
 """The endpoint factory: each configured route becomes, once, the policy chain that
-guards it and the CORS rules that answer its preflights (lura's endpoint factory).
+guards it and the CORS rules of its answers (lura's endpoint factory).
 
 Nothing here runs per request; app.py matches a request to its Endpoint and runs it.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from gateway.config.model import Config
+from gateway.cors import Cors
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
 from gateway.paths import PathTemplate
@@ -16,7 +17,6 @@ from gateway.policies.auth import Authenticate, FailureGuard
 from gateway.policies.base import Policy
 from gateway.policies.body_limit import BodyLimit
 from gateway.policies.chain import PolicyChain
-from gateway.policies.cors import Cors
 from gateway.policies.ratelimit import ApplyRateLimit
 from gateway.policies.roles import RequireRoles
 from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
@@ -28,7 +28,7 @@ from gateway.routing import RouteSpec
 class Endpoint:
     spec: RouteSpec
     chain: PolicyChain
-    cors: Cors  # also answers this route's preflights, which skip the chain
+    cors: Cors  # applied to every answer of the route, and answers its preflights
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +47,7 @@ def build_endpoints(
     endpoints = []
     for index, route in enumerate(config.routes):
         cors = Cors(route.cors) if route.cors else default_cors
-        policies: list[Policy] = [cors, BodyLimit(config.gateway)]
+        policies: list[Policy] = [BodyLimit(config.gateway)]
         if not route.is_public:
             policies.append(
                 Authenticate(

@@ -21,7 +21,7 @@ import redis.sentinel
 
 
 def test_flask_cors_header_engine() -> None:
-    """gateway/policies/cors.py computes CORS headers with flask-cors' own engine."""
+    """gateway/cors.py computes CORS headers with flask-cors' own engine."""
     assert callable(flask_cors.core.get_cors_headers)
     assert callable(flask_cors.core.serialize_options)
 

@@ -3,15 +3,16 @@
 The gateway owns CORS: an upstream's own Access-Control-* headers never reach the
 client, preflights are answered here and never forwarded, and every response
 (401/403/429/5xx problems included) carries the headers, so a browser script can
-read why it was refused. Origins match exactly, scheme, host and port: each is
-compiled to an anchored, escaped pattern, so `https://app.example.com` never admits
-`https://app.example.com.evil.io` and no origin is ever read as a regex.
+read why it was refused. It is not a policy: the app applies it to every answer in
+one place, its finishing step (Gateway.handle). Origins match exactly, scheme, host
+and port: each is compiled to an anchored, escaped pattern, so
+`https://app.example.com` never admits `https://app.example.com.evil.io` and no
+origin is ever read as a regex.
 """
 
 from __future__ import annotations
 
 import re
-from typing import ClassVar
 
 from flask_cors.core import get_cors_headers, serialize_options
 from werkzeug.datastructures import Headers
@@ -28,13 +29,13 @@ def is_preflight(headers: Headers, method: str) -> bool:
     return method == "OPTIONS" and "Access-Control-Request-Method" in headers
 
 
-class _EmptyResponse(Response):
-    default_mimetype = None  # a preflight answer has no body, so no Content-Type
+class PreflightAnswer(Response):
+    """A preflight's answer: complete as it is, with CORS headers of its own."""
+
+    default_mimetype = None  # no body, so no Content-Type
 
 
 class Cors:
-    ORDER: ClassVar[int] = 10
-
     def __init__(self, settings: CorsSettings) -> None:
         self.settings = settings
         wildcard = "*" in settings.allow_origins
@@ -61,15 +62,8 @@ class Cors:
             }
         )
 
-    def on_request(self, ctx: RequestContext) -> Response | None:
-        return None
-
-    def on_response(self, ctx: RequestContext, response: Response) -> Response:
-        return self.decorate(ctx, response)
-
     def decorate(self, ctx: RequestContext, response: Response) -> Response:
-        """Put this policy's CORS headers on a response, replacing any upstream ones."""
-        ctx.cors_applied = True
+        """Put these CORS headers on a response, replacing any upstream ones."""
         for name in list(response.headers.keys()):
             if name.lower().startswith("access-control-"):
                 del response.headers[name]
@@ -83,8 +77,7 @@ class Cors:
         `route_methods`: the methods the path really has; a preflight for any other
         method gets no CORS headers, so the browser stops before sending it.
         """
-        ctx.cors_applied = True
-        response = _EmptyResponse(status=204)
+        response = PreflightAnswer(status=204)
         requested = ctx.request.headers.get("Access-Control-Request-Method", "").upper()
         if requested in route_methods:
             self._apply(ctx.request.headers, "OPTIONS", response)

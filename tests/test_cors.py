@@ -24,7 +24,7 @@ from werkzeug.test import TestResponse
 
 from gateway.app import create_app
 from gateway.config import ConfigError, load_config_text
-from gateway.policies.cors import is_preflight
+from gateway.cors import is_preflight
 
 UPSTREAM = "http://users.internal"
 ISSUER = "http://issuer.example"
