@@ -26,6 +26,7 @@ from gateway.metrics import Metrics, method_label, status_label
 from gateway.observability import log_access, request_id_for, setup_logging
 from gateway.paths import unsafe_path_reason
 from gateway.policies.auth import FailureGuard
+from gateway.policies.chain import Terminal
 from gateway.problems import (
     Forbidden,
     GatewayError,
@@ -109,7 +110,7 @@ class Gateway:
     def handle(self, req: Request) -> Response:
         ctx = self.context(req, request_id_for(req))
         try:
-            response = self._route(ctx)
+            response = self.dispatch(ctx, self.forwarder.forward)
         except GatewayError as error:
             response = error_response(error, instance=ctx.path, request_id=ctx.request_id)
         except HTTPException as exc:
@@ -135,7 +136,10 @@ class Gateway:
         if self.verifier is not None:
             self.verifier.close()
 
-    def _route(self, ctx: RequestContext) -> Response:
+    def dispatch(self, ctx: RequestContext, terminal: Terminal) -> Response:
+        """Every step a request meets, in order, up to `terminal` (forwarding, or what
+        `gateway explain` puts in its place). Raises GatewayError for a request refused
+        before a route's chain; the chain renders its own errors."""
         req = ctx.request
         require_host(ctx.client)  # RFC 9112 §3.2: 400 for a missing or invalid Host
         reason = unsafe_path_reason(ctx.raw_path)
@@ -154,7 +158,7 @@ class Gateway:
             return builtin(self, ctx)
         match = self.table.match(req.method, ctx.path)
         ctx.route, ctx.params = match.endpoint.spec, match.params
-        return match.endpoint.chain.run(ctx, self.forwarder.forward)
+        return match.endpoint.chain.run(ctx, terminal)
 
     def _cors_for(self, ctx: RequestContext) -> Cors:
         """The CORS rules of the matched route (endpoints are in configuration order),

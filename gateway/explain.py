@@ -11,7 +11,6 @@ from werkzeug.wrappers import Request, Response
 from gateway.app import Gateway
 from gateway.config import Config, Route
 from gateway.observability import request_id_for
-from gateway.paths import unsafe_path_reason
 from gateway.problems import GatewayError
 
 
@@ -40,34 +39,30 @@ def explain(
     try:
         ctx = gateway.context(request, request_id_for(request))
         lines = [f"request:   {method} {target}"]
-        reason = unsafe_path_reason(ctx.raw_path)
-        if reason:
-            return lines + [f"answer:    400 invalid_path ({reason})"], False
-        if ctx.path in gateway.builtins:
-            return lines + ["answer:    built-in endpoint, answered by the gateway"], False
+        # The gateway's own dispatch, with a terminal step that forwards nothing: the
+        # route's real policies run (credentials are checked for real, the version is
+        # chosen) and the answer says where the request would stop.
+        passed = Response(status=299)
         try:
-            match = gateway.table.match(method, ctx.path)
+            answer = gateway.dispatch(ctx, lambda _ctx: passed)
         except GatewayError as error:
             extra = f"; Allow: {error.headers['Allow']}" if "Allow" in error.headers else ""
             return lines + [
                 f"answer:    {error.status} {error.code} ({error.detail}){extra}"
             ], False
-        endpoint = match.endpoint
-        route = endpoint.spec.route
-        ctx.route, ctx.params = endpoint.spec, match.params
+        if ctx.route is None:
+            return lines + ["answer:    built-in endpoint, answered by the gateway"], False
+        route = ctx.route.route
         where = f" ({route.location})" if route.location else ""
+        chain = gateway.table.endpoints[ctx.route.index].chain
         lines += [
             f"route:     {route.name}{where}",
-            f"params:    {match.params or '-'}",
+            f"params:    {ctx.params or '-'}",
             f"auth:      {'public' if route.is_public else ' or '.join(route.auth)}",
             f"roles:     {', '.join(route.roles) or '-'}",
-            "policies:  " + " -> ".join([*endpoint.chain.names, "forward"]),
+            "policies:  " + " -> ".join([*chain.names, "forward"]),
+            f"version:   {_version_line(route, ctx.version, request)}",
         ]
-        # Run the route's real policies (credentials are checked for real, the version
-        # is chosen) with a terminal step that forwards nothing.
-        passed = Response(status=299)
-        answer = endpoint.chain.run(ctx, lambda _ctx: passed)
-        lines.append(f"version:   {_version_line(route, ctx.version, request)}")
         if answer is not passed:
             body = json.loads(answer.get_data() or b"{}")
             return lines + [
