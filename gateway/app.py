@@ -175,7 +175,7 @@ class Gateway:
         except MethodNotAllowed:
             return self.cors.preflight(ctx, route_methods=())
         ctx.route = match.endpoint.spec
-        return match.endpoint.cors.preflight(ctx, route_methods=ctx.route.route.methods)
+        return match.endpoint.cors.preflight(ctx, route_methods=ctx.route.config.methods)
 
     def _healthz(self, ctx: RequestContext) -> Response:
         return _json({"status": "ok"})
@@ -224,7 +224,7 @@ class Gateway:
     def _observe(self, ctx: RequestContext, response: Response, seconds: float) -> None:
         m = self.metrics
         route = (
-            ctx.route.route.name
+            ctx.route.config.name
             if ctx.route
             else ctx.path.lstrip("/")
             if ctx.path in self.builtins
@@ -254,7 +254,7 @@ class Gateway:
             request_id=ctx.request_id,
             method=ctx.request.method,
             path=ctx.path.encode("unicode_escape").decode("ascii"),
-            route=ctx.route.route.name if ctx.route else None,
+            route=ctx.route.config.name if ctx.route else None,
             status=response.status_code,
             duration_ms=round(seconds * 1000, 3),
             upstream=ctx.route.upstream.name if ctx.route else None,

@@ -67,8 +67,8 @@ def build_endpoints(
             policies.append(AnnounceDeprecation(route.deprecation))
         spec = RouteSpec(
             index=index,
-            route=route,
-            public=PathTemplate.parse(route.path),
+            config=route,
+            public_template=PathTemplate.parse(route.path),
             upstream_template=PathTemplate.parse(route.upstream_path),
             upstream=config.upstreams[route.upstream],
         )

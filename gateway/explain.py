@@ -52,7 +52,7 @@ def explain(
             ], False
         if ctx.route is None:
             return lines + ["answer:    built-in endpoint, answered by the gateway"], False
-        route = ctx.route.route
+        route = ctx.route.config
         where = f" ({route.location})" if route.location else ""
         chain = gateway.table.endpoints[ctx.route.index].chain
         lines += [

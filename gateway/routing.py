@@ -25,8 +25,8 @@ class RouteSpec:
     found. `index` is its place in the configuration."""
 
     index: int
-    route: Route
-    public: PathTemplate
+    config: Route  # the route as configured
+    public_template: PathTemplate
     upstream_template: PathTemplate
     upstream: Upstream
 
@@ -56,7 +56,7 @@ class RouteTable(Generic[E]):
         self._matcher: PathMatcher[E] = PathMatcher()
         for endpoint in self.endpoints:
             spec = endpoint.spec
-            self._matcher.add(spec.public, endpoint, spec.route.methods)
+            self._matcher.add(spec.public_template, endpoint, spec.config.methods)
 
     def match(self, method: str, path: str) -> Match[E]:
         """The route for a decoded path, or raise the gateway's NotFound/MethodNotAllowed."""

@@ -64,7 +64,7 @@ def table() -> Iterator[RouteTable[Endpoint]]:
 
 
 def name(table: RouteTable[Endpoint], method: str, path: str) -> str:
-    return table.match(method, path).endpoint.spec.route.name
+    return table.match(method, path).endpoint.spec.config.name
 
 
 def test_unknown_path_is_not_found(table: RouteTable[Endpoint]) -> None:

@@ -25,7 +25,7 @@ from gateway.ratelimit import Counters, StorageUnavailable, storage_down
 CHALLENGE = 'Bearer realm="gateway"'
 INVALID_TOKEN_CHALLENGE = 'Bearer realm="gateway", error="invalid_token"'
 # What a client may be told; other reasons are logged and counted, not explained.
-_TOLD = {
+_TOKEN_ERRORS_EXPLAINED = {
     "expired": "The access token has expired.",
     "not_yet_valid": "The access token is not valid yet.",
     "not_access_token": "The token is not an access token.",
@@ -107,7 +107,7 @@ class Authenticate:
                 self.guard.failed(ctx)  # only refused credentials count, not absent ones
             if token_error is not None:
                 raise Unauthorized(
-                    _TOLD.get(token_error, "The access token is invalid."),
+                    _TOKEN_ERRORS_EXPLAINED.get(token_error, "The access token is invalid."),
                     headers={"WWW-Authenticate": INVALID_TOKEN_CHALLENGE},
                 )
             # A bad API key, a missing one and any key on a route that does not take
