@@ -35,6 +35,7 @@ from gateway.config.model import Config, Upstream
 from gateway.context import RequestContext
 from gateway.deadline import deadline_at, deadline_pool
 from gateway.problems import (
+    MAX_UPSTREAM_PROBLEM_BYTES,
     GatewayError,
     InvalidPath,
     ServiceUnavailable,
@@ -93,9 +94,8 @@ _RESPONSE_DROP = HOP_BY_HOP | {"server", "x-powered-by", "date"}
 _ERROR_BODY_FIELDS = frozenset({"content-length", "content-type", "content-encoding"})
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
-_READ_ALL_BELOW = 64 * 1024  # bodies this small are read whole: cheap, and replayable
-_CHUNK = 64 * 1024
-_MAX_ERROR_BODY = 64 * 1024
+# Successful answer bodies this small are read whole before the client is answered.
+_READ_ALL_BELOW = 64 * 1024
 # What the pool raises once a connection is up (connect failures are caught first).
 _AFTER_CONNECT = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError)
 
@@ -516,7 +516,7 @@ class Forwarder:
                 with deadline_at(deadline):
                     for chunk in upstream_response.iter_stream():
                         body += chunk
-                        if len(body) > _MAX_ERROR_BODY:
+                        if len(body) > MAX_UPSTREAM_PROBLEM_BYTES:
                             break
         except _AFTER_CONNECT:
             body = b""
