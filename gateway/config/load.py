@@ -18,7 +18,7 @@ from typing import Any, TypeVar, cast
 
 import limits
 
-from gateway.config.checks import Checker, parse_date, resolve_relative, schema_problems
+from gateway.config.checks import Checker, parse_date, resolve_relative
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.model import (
     ApiKey,
@@ -37,6 +37,7 @@ from gateway.config.model import (
     VersionOption,
     Versions,
 )
+from gateway.config.schema_errors import schema_problems
 from gateway.config.source import Document, parse
 
 DEFAULT_CONFIG_PATH = "routes.yaml"
