@@ -18,12 +18,11 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import re
 import ssl
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import NoReturn
+from typing import NoReturn, Protocol
 
 import httpcore
 import httpx
@@ -34,6 +33,16 @@ from gateway.breaker import BreakerOpen, CircuitBreaker, State
 from gateway.config.model import Config, Upstream
 from gateway.context import RequestContext
 from gateway.deadline import deadline_at, deadline_pool
+from gateway.forward.headers import (
+    ERROR_BODY_FIELDS,
+    REQUEST_OWN,
+    RESPONSE_DROP,
+    TRACEPARENT,
+    connection_named,
+    header,
+    header_values,
+)
+from gateway.forward.relay import AFTER_CONNECT, Relay, RelayedResponse
 from gateway.problems import (
     MAX_UPSTREAM_PROBLEM_BYTES,
     GatewayError,
@@ -49,55 +58,9 @@ from gateway.rewrite import LinkRewriter
 
 log = logging.getLogger("gateway.proxy")
 
-# RFC 9110 §7.6.1: connection-specific fields, never forwarded by an intermediary.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-IDENTITY_HEADERS = frozenset(
-    {
-        "x-user-id",
-        "x-user-roles",
-        "x-tenant-id",
-        "x-auth-method",
-        "x-consumer-id",
-    }
-)
-# Request fields the gateway sets itself, or that only make sense on the client hop.
-_REQUEST_OWN = (
-    frozenset(
-        {
-            "host",
-            "content-length",
-            "expect",
-            "forwarded",
-            "x-forwarded-for",
-            "x-forwarded-proto",
-            "x-forwarded-host",
-            "x-real-ip",
-            "x-request-id",
-            "traceparent",
-        }
-    )
-    | HOP_BY_HOP
-    | IDENTITY_HEADERS
-)
-# Response fields the client must not see from an upstream.
-_RESPONSE_DROP = HOP_BY_HOP | {"server", "x-powered-by", "date"}
-_ERROR_BODY_FIELDS = frozenset({"content-length", "content-type", "content-encoding"})
-_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 # Successful answer bodies this small are read whole before the client is answered.
 _READ_ALL_BELOW = 64 * 1024
-# What the pool raises once a connection is up (connect failures are caught first).
-_AFTER_CONNECT = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError)
 
 
 class _UpstreamFailed(Exception):
@@ -107,22 +70,6 @@ class _UpstreamFailed(Exception):
         super().__init__(kind)
         self.kind = kind
         self.error = error
-
-
-class RelayedResponse(Response):
-    """An upstream's response as it was: no Content-Type invented where it sent none."""
-
-    default_mimetype = None
-
-
-class UpstreamBodyAborted(Exception):
-    """The upstream failed after the response started: the client connection is cut so
-    a truncated body can never pass for a complete one."""
-
-
-def _connection_named(values: list[str]) -> set[str]:
-    """The field names a Connection header lists (RFC 9110 §7.6.1): hop-by-hop too."""
-    return {token.strip().lower() for value in values for token in value.split(",")}
 
 
 def _ssl_context(upstream: Upstream) -> ssl.SSLContext:
@@ -172,18 +119,6 @@ def _pool(upstream: Upstream) -> httpcore.ConnectionPool:
     )
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    """The first value of a response field (`name` in lower case), or None."""
-    for raw_name, raw_value in headers:
-        if raw_name.lower() == name:
-            return raw_value.decode("latin-1")
-    return None
-
-
-def _header_values(headers: list[tuple[bytes, bytes]], name: bytes) -> list[str]:
-    return [v.decode("latin-1") for n, v in headers if n.lower() == name]
-
-
 def _target(path_and_query: str) -> bytes:
     """The request target as bytes; anything outside printable ASCII escaped, as a
     client library would (the paths are re-encoded already: this is belt and braces)."""
@@ -206,14 +141,27 @@ def _query(request: Request) -> str:
     return "?" + _printable_ascii(raw.encode("latin-1", "replace"))
 
 
+class Transport(Protocol):
+    """What the forwarder sends requests through, one per upstream: httpcore's
+    connection pool, or whatever a test hands in (httpx's transport seam)."""
+
+    def handle_request(self, request: httpcore.Request) -> httpcore.Response: ...
+
+    def close(self) -> None: ...
+
+
 class Forwarder:
     def __init__(
         self,
         config: Config,
         on_breaker_change: Callable[[str, State], None] | None = None,
+        transports: Mapping[str, Transport] | None = None,
     ) -> None:
         self.config = config
-        self.pools = {name: _pool(u) for name, u in config.upstreams.items()}
+        self.pools: dict[str, Transport] = {
+            name: (transports[name] if transports and name in transports else _pool(u))
+            for name, u in config.upstreams.items()
+        }
         self.origins = {name: _origin(u) for name, u in config.upstreams.items()}
         self.breakers = {
             name: CircuitBreaker(
@@ -230,7 +178,7 @@ class Forwarder:
         self.rewriter = LinkRewriter(dict(config.upstreams), config.routes)
         # The API key is a credential for the gateway alone: never sent upstream.
         api_key_header = config.auth.api_keys.header if config.auth.api_keys else "X-API-Key"
-        self.request_drop = _REQUEST_OWN | {api_key_header.lower()}
+        self.request_drop = REQUEST_OWN | {api_key_header.lower()}
 
     def close(self) -> None:
         for pool in self.pools.values():
@@ -257,7 +205,7 @@ class Forwarder:
 
     def request_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.request
-        drop = self.request_drop | _connection_named(request.headers.getlist("Connection"))
+        drop = self.request_drop | connection_named(request.headers.getlist("Connection"))
         headers = [
             (name, value)
             for name, value in request.headers.items()
@@ -270,7 +218,7 @@ class Forwarder:
             ("X-Request-ID", ctx.request_id),
         ]
         traceparent = request.headers.get("traceparent", "").strip()
-        if _TRACEPARENT.match(traceparent):
+        if TRACEPARENT.match(traceparent):
             headers.append(("traceparent", traceparent))
         headers += list(ctx.upstream_headers.items())
         return headers
@@ -352,7 +300,7 @@ class Forwarder:
 
     def _send(
         self,
-        pool: httpcore.ConnectionPool,
+        pool: Transport,
         request: httpcore.Request,
         deadline: float,
         attempts: int,
@@ -390,7 +338,7 @@ class Forwarder:
                     f"All connections to the {upstream.name} service are busy.",
                     headers={"Retry-After": "1"},
                 ) from None
-            except _AFTER_CONNECT as exc:
+            except AFTER_CONNECT as exc:
                 raise self._failed_after_connect(exc, upstream) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -422,15 +370,15 @@ class Forwarder:
         if not bodiless:
             if not 200 <= status < 300:
                 return None
-            declared = _header(response.headers, b"content-length")
+            declared = header(response.headers, b"content-length")
             if declared is None or not declared.isdigit() or int(declared) > _READ_ALL_BELOW:
                 return None
-            if _header(response.headers, b"transfer-encoding") is not None:
+            if header(response.headers, b"transfer-encoding") is not None:
                 return None  # framed by its chunks: the length is not the body's
         try:
             with deadline_at(deadline):
                 return b"".join(response.iter_stream())
-        except _AFTER_CONNECT as exc:
+        except AFTER_CONNECT as exc:
             raise self._failed_after_connect(exc, upstream) from None
         finally:
             response.close()
@@ -444,10 +392,10 @@ class Forwarder:
     ) -> Headers:
         assert ctx.route is not None
         raw = upstream_response.headers
-        drop = _RESPONSE_DROP | _connection_named(_header_values(raw, b"connection"))
+        drop = RESPONSE_DROP | connection_named(header_values(raw, b"connection"))
         if error:
-            drop |= _ERROR_BODY_FIELDS
-        elif _header(raw, b"transfer-encoding") is not None:
+            drop |= ERROR_BODY_FIELDS
+        elif header(raw, b"transfer-encoding") is not None:
             # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and the body
             # was read by its chunks. Relayed with the upstream's length, a client would
             # read a body of the wrong size: the next response spliced into this one.
@@ -502,7 +450,7 @@ class Forwarder:
             # body it describes (werkzeug would set that of the empty body).
             response.headers = headers
             return response
-        relay = _Relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
+        relay = Relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
         return RelayedResponse(relay, status=status, headers=headers, direct_passthrough=True)
 
     def _error_response(
@@ -510,7 +458,7 @@ class Forwarder:
     ) -> Response:
         status = upstream_response.status
         body = b""
-        content_type = _header(upstream_response.headers, b"content-type") or ""
+        content_type = header(upstream_response.headers, b"content-type") or ""
         try:
             if status < 500 and "json" in content_type.lower():
                 with deadline_at(deadline):
@@ -518,13 +466,13 @@ class Forwarder:
                         body += chunk
                         if len(body) > MAX_UPSTREAM_PROBLEM_BYTES:
                             break
-        except _AFTER_CONNECT:
+        except AFTER_CONNECT:
             body = b""
         finally:
             upstream_response.close()
         if status >= 500:
             headers = Headers()
-            retry_after = _header(upstream_response.headers, b"retry-after")
+            retry_after = header(upstream_response.headers, b"retry-after")
             if retry_after is not None:
                 headers["Retry-After"] = retry_after
         else:
@@ -533,40 +481,3 @@ class Forwarder:
             status, content_type, body, instance=ctx.path, request_id=ctx.request_id
         )
         return render(problem, status, headers)
-
-
-class _Relay:
-    """The upstream body as it arrives, cutting the client off if the upstream fails.
-
-    A class, not a generator: the server closes the body it was given whether or not
-    it iterated it (a client gone before the first byte), and a generator never
-    started would skip its `finally`, leaving the connection taken from the pool."""
-
-    def __init__(
-        self, upstream_response: httpcore.Response, deadline: float, upstream_name: str
-    ) -> None:
-        self.upstream_response = upstream_response
-        self.deadline = deadline
-        self.upstream_name = upstream_name
-
-    def __iter__(self) -> Iterator[bytes]:
-        relayed = 0
-        try:
-            with deadline_at(self.deadline):
-                for chunk in self.upstream_response.iter_stream():
-                    relayed += len(chunk)
-                    yield chunk
-        except _AFTER_CONNECT as exc:
-            log.warning(
-                "upstream %s body failed after %d bytes: %s: %s",
-                self.upstream_name,
-                relayed,
-                type(exc).__name__,
-                exc,
-            )
-            raise UpstreamBodyAborted(str(exc)) from None
-        finally:
-            self.upstream_response.close()
-
-    def close(self) -> None:
-        self.upstream_response.close()

@@ -25,7 +25,7 @@ from flask.testing import FlaskClient
 
 from gateway.app import create_app
 from gateway.config import Config, load_config_text
-from gateway.proxy import HOP_BY_HOP, IDENTITY_HEADERS
+from gateway.forward.headers import HOP_BY_HOP, IDENTITY_HEADERS
 
 UPSTREAM = "http://users.internal:8081"
 

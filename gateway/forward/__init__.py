@@ -1,0 +1,1 @@
+"""The pieces of forwarding that gateway/proxy.py puts together: header policy, relay."""
