@@ -270,7 +270,7 @@ class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
         except Exception as exc:
             self.handle_error(req, client, addr, exc)
         finally:
-            gunicorn_util.close(client)
+            _lingering_close(client)
 
     def _next_request(self, parser: Any, client: Any, idle: float) -> Any:
         """The next request on the connection, or None to close it quietly.
@@ -292,6 +292,29 @@ class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
         client.settimeout(head_timeout)
         with gevent.Timeout(head_timeout, RequestHeadTimeout(head_timeout)):
             return next(parser)
+
+
+LINGER_SECONDS = 1.0
+
+
+def _lingering_close(client: Any) -> None:
+    """Close as nginx's lingering close does: stop sending, then read and drop what
+    the client still sends, for a second at most, before closing.
+
+    Closed with bytes unread (a body refused with 408 or 413 while the client was
+    still uploading), a socket answers with a reset, and the client's system may drop
+    the answer it had already received before the client reads it."""
+    try:
+        client.shutdown(socket.SHUT_WR)
+        ends = time.monotonic() + LINGER_SECONDS
+        while (left := ends - time.monotonic()) > 0:
+            client.settimeout(min(left, 0.25))
+            if not client.recv(65536):
+                break
+    except OSError:
+        pass  # timed out, reset or gone: close it all the same
+    finally:
+        gunicorn_util.close(client)
 
 
 def _body_left(parser: Any) -> bool:

@@ -195,3 +195,29 @@ def test_a_body_left_unread_is_skipped_before_the_next_request(
     answer = _exchange(gateway.port, payload)
     assert answer.count(b"HTTP/1.1 200") == 2, answer
     assert token.encode() in answer
+
+
+def test_a_client_still_uploading_reads_the_refusal_it_was_sent(
+    gateway: Gateway, upstream: MisbehavingUpstream, token: str
+) -> None:
+    """413 is answered before the body is read. The client goes on sending; closed
+    with those bytes unread, the socket would answer with a reset, which can make the
+    client's system drop the 413 before the client reads it."""
+    with socket.create_connection((LOOPBACK, gateway.port), timeout=10) as sock:
+        sock.sendall(
+            f"POST /api/ok/{token} HTTP/1.1\r\nHost: x\r\nContent-Length: 4000000\r\n\r\n".encode()
+        )
+        try:
+            for _ in range(60):
+                sock.sendall(b"u" * 65536)
+        except OSError:
+            pass  # the gateway stopped reading: fine, the answer is what matters
+        sock.settimeout(5)
+        data = b""
+        try:
+            while piece := sock.recv(65536):
+                data += piece
+        except ConnectionResetError:
+            pass
+    assert data.startswith(b"HTTP/1.1 413"), data[:200]
+    assert upstream.received(token) == []

@@ -78,7 +78,7 @@ def _read_answer(sock: socket.socket, within: float) -> tuple[bytes, float]:
     while True:
         try:
             piece = sock.recv(65536)
-        except TimeoutError:
+        except (TimeoutError, ConnectionResetError):
             break
         if not piece:
             break
