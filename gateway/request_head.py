@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from werkzeug.wrappers import Request
 
+from gateway.forward.headers import connection_named
 from gateway.problems import HeaderFieldsTooLarge, NotImplementedByGateway
 
 # CGI names of the two fields WSGI keeps without the HTTP_ prefix.
@@ -30,14 +31,11 @@ def check_head(request: Request, max_header_bytes: int) -> None:
             f"The request's header fields take about {size} bytes; at most "
             f"{max_header_bytes} are accepted."
         )
-    if "Upgrade" in request.headers and _connection_names_upgrade(request):
+    # RFC 9110 §7.8: an upgrade is asked for only with `Connection: upgrade`; a bare
+    # Upgrade field is just a hop-by-hop field, dropped like the others.
+    if "Upgrade" in request.headers and "upgrade" in connection_named(
+        request.headers.getlist("Connection")
+    ):
         # A WebSocket handshake forwarded without its hop-by-hop Upgrade header would be
         # a plain GET, and the client would get a 200 where it asked for 101.
         raise NotImplementedByGateway("Protocol upgrades (such as WebSocket) are not supported.")
-
-
-def _connection_names_upgrade(request: Request) -> bool:
-    """RFC 9110 §7.8: an upgrade is asked for only with `Connection: upgrade`; a bare
-    Upgrade field is just a hop-by-hop field, dropped like the others."""
-    tokens = ",".join(request.headers.getlist("Connection")).split(",")
-    return any(token.strip().lower() == "upgrade" for token in tokens)

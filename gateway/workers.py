@@ -153,7 +153,6 @@ class _EdgeApp:
     ) -> None:
         self.app = app
         self.time_limit = time_limit
-        self.gateway = getattr(app, "gateway", None)  # what _edge_settings reads
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
         if self.time_limit is not None:
@@ -176,8 +175,6 @@ def _edge_settings(wsgi: Any) -> GatewaySettings:
 
 class GatewayWorker(_ProblemErrors, GeventWorker):  # type: ignore[misc]
     """gunicorn's gevent worker, with deadlines on every phase of reading a request."""
-
-    edge: GatewaySettings
 
     @staticmethod
     def time_limit(seconds: float) -> AbstractContextManager[None]:
