@@ -124,3 +124,40 @@ class Probe:
 
     def failures(self, slower_than: float) -> list[tuple[str, int, float]]:
         return [r for r in self.results if r[1] != 200 or r[2] >= slower_than]
+
+
+def read_until_closed(sock: socket.socket, within: float) -> bytes:
+    """Everything the server sends until it closes (a reset counts as the end), or
+    until `within` seconds pass without a byte."""
+    sock.settimeout(within)
+    data = b""
+    while True:
+        try:
+            piece = sock.recv(65536)
+        except (TimeoutError, ConnectionResetError):
+            return data
+        if not piece:
+            return data
+        data += piece
+
+
+@dataclass
+class DripAttack:
+    """What a well-behaved client got while 40 connections dripped request heads and
+    40 dripped declared bodies, and how many connections each group opened."""
+
+    probe: Probe
+    head_connections: int
+    body_connections: int
+
+
+def probe_under_drip(port: int, token: str, seconds: float) -> DripAttack:
+    heads = Drippers(port, 40, head_drip_plan, interval=1.0).start()
+    bodies = Drippers(port, 40, lambda: body_drip_plan(f"/api/echo/{token}"), interval=1.0)
+    bodies.start()
+    try:
+        probe = Probe().run(port, ["/healthz", f"/items/{token}"], seconds=seconds, pause=0.1)
+    finally:
+        heads.close()
+        bodies.close()
+    return DripAttack(probe, heads.connections, bodies.connections)

@@ -8,6 +8,7 @@ import socket
 
 import pytest
 
+from .abuse import read_until_closed
 from .support import LOOPBACK, Gateway, assert_problem, http_request
 from .upstream import MisbehavingUpstream
 
@@ -20,16 +21,7 @@ def _exchange(port: int, payload: bytes, *, half_close: bool = False) -> bytes:
         sock.sendall(payload)
         if half_close:
             sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while True:
-            try:
-                piece = sock.recv(65536)
-            except (TimeoutError, ConnectionResetError):
-                break
-            if not piece:
-                break
-            data += piece
-    return data
+        return read_until_closed(sock, within=10)
 
 
 def _status(answer: bytes) -> int:
@@ -212,12 +204,6 @@ def test_a_client_still_uploading_reads_the_refusal_it_was_sent(
                 sock.sendall(b"u" * 65536)
         except OSError:
             pass  # the gateway stopped reading: fine, the answer is what matters
-        sock.settimeout(5)
-        data = b""
-        try:
-            while piece := sock.recv(65536):
-                data += piece
-        except ConnectionResetError:
-            pass
+        data = read_until_closed(sock, within=5)
     assert data.startswith(b"HTTP/1.1 413"), data[:200]
     assert upstream.received(token) == []

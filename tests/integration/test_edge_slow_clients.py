@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .abuse import Drippers, Probe, body_drip_plan, head_drip_plan
+from .abuse import Probe, probe_under_drip, read_until_closed
 from .support import (
     LOOPBACK,
     Gateway,
@@ -34,18 +34,10 @@ def test_eighty_dripping_connections_do_not_slow_a_well_behaved_client(
     start_gateway: StartGateway, token: str
 ) -> None:
     gateway = start_gateway(workers=2, threads=4)
-    heads = Drippers(gateway.port, 40, head_drip_plan, interval=1.0).start()
-    bodies = Drippers(
-        gateway.port, 40, lambda: body_drip_plan(f"/api/echo/{token}"), interval=1.0
-    ).start()
-    try:
-        probe = Probe().run(gateway.port, ["/healthz", f"/items/{token}"], seconds=6.0, pause=0.1)
-    finally:
-        heads.close()
-        bodies.close()
-    assert heads.connections >= 40 and bodies.connections >= 40
-    assert len(probe.results) >= 20, probe.results
-    assert probe.failures(slower_than=1.0) == [], probe.results
+    attack = probe_under_drip(gateway.port, token, seconds=6.0)
+    assert attack.head_connections >= 40 and attack.body_connections >= 40
+    assert len(attack.probe.results) >= 20, attack.probe.results
+    assert attack.probe.failures(slower_than=1.0) == [], attack.probe.results
 
 
 # -- each phase's deadline -------------------------------------------------------------
@@ -70,24 +62,6 @@ def strict_gateway(
         yield gateway
 
 
-def _read_answer(sock: socket.socket, within: float) -> tuple[bytes, float]:
-    """Everything the server sends until it closes, and when the first byte came."""
-    started = time.monotonic()
-    sock.settimeout(within)
-    data, first = b"", 0.0
-    while True:
-        try:
-            piece = sock.recv(65536)
-        except (TimeoutError, ConnectionResetError):
-            break
-        if not piece:
-            break
-        if not data:
-            first = time.monotonic() - started
-        data += piece
-    return data, first
-
-
 def _problem_of(answer: bytes) -> tuple[int, dict[str, object]]:
     head, _, body = answer.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
@@ -105,7 +79,7 @@ def test_a_request_head_sent_too_slowly_is_408_and_closed(strict_gateway: Gatewa
             except OSError:
                 break
             time.sleep(0.3)
-        answer, _ = _read_answer(sock, within=5)
+        answer = read_until_closed(sock, within=5)
         took = time.monotonic() - started
     status, problem = _problem_of(answer)
     assert status == 408 and problem["code"] == "request_timeout", answer
@@ -118,7 +92,7 @@ def test_a_connection_that_sends_nothing_is_closed_without_an_answer(
 ) -> None:
     with socket.create_connection((LOOPBACK, strict_gateway.port), timeout=5) as sock:
         started = time.monotonic()
-        answer, _ = _read_answer(sock, within=HEAD_TIMEOUT + 3)
+        answer = read_until_closed(sock, within=HEAD_TIMEOUT + 3)
         took = time.monotonic() - started
     assert answer == b""
     assert HEAD_TIMEOUT - 0.2 < took < HEAD_TIMEOUT + 2.0
@@ -139,7 +113,7 @@ def test_a_slow_body_is_408_reaches_no_upstream_and_never_opens_the_breaker(
                 except OSError:
                     break
                 time.sleep(0.1)
-            answer, _ = _read_answer(sock, within=5)
+            answer = read_until_closed(sock, within=5)
         status, problem = _problem_of(answer)
         assert status == 408 and problem["code"] == "request_timeout", answer
     assert upstream.received(token) == []
@@ -164,7 +138,7 @@ def test_an_upload_slower_than_the_upstream_timeout_is_forwarded_whole(
         for offset in range(0, len(body), 7000):
             sock.sendall(body[offset : offset + 7000])
             time.sleep(0.12)
-        answer, _ = _read_answer(sock, within=5)
+        answer = read_until_closed(sock, within=5)
     assert answer.startswith(b"HTTP/1.1 200"), answer[:500]
     received = upstream.only(token)
     assert received.body == body
@@ -237,7 +211,7 @@ def test_a_body_dripped_without_pause_still_ends_at_the_body_deadline(
             except OSError:
                 break
         took = time.monotonic() - started
-        rest, _ = _read_answer(sock, within=2)
+        rest = read_until_closed(sock, within=2)
     answer += rest
     status, problem = _problem_of(answer)
     assert status == 408 and problem["code"] == "request_timeout", answer
@@ -303,7 +277,7 @@ def test_a_large_chunked_upload_waits_on_disk_not_in_worker_memory(
             for _ in range(pieces):
                 sock.sendall(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             sock.sendall(b"0\r\n\r\n")
-            answer, _ = _read_answer(sock, within=30)
+            answer = read_until_closed(sock, within=30)
         grown = memory_kib(worker)["VmHWM"] - before
     assert answer.startswith(b"HTTP/1.1 200"), answer[:300]
     received = upstream.only(token)

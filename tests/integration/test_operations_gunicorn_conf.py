@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from .abuse import Drippers, Probe, body_drip_plan, head_drip_plan
+from .abuse import probe_under_drip
 from .support import (
     LOOPBACK,
     Reply,
@@ -230,15 +230,7 @@ def test_plain_gunicorn_with_the_conf_file_is_not_starved_by_dripping_clients(
     connections dripping their requests do not slow a well-behaved client."""
     server, _ = container
     assert "Using worker: gateway.workers.GatewayWorker" in server.log()
-    heads = Drippers(server.port, 40, head_drip_plan, interval=1.0).start()
-    bodies = Drippers(
-        server.port, 40, lambda: body_drip_plan(f"/api/echo/{token}"), interval=1.0
-    ).start()
-    try:
-        probe = Probe().run(server.port, ["/healthz", f"/items/{token}"], seconds=4.0)
-    finally:
-        heads.close()
-        bodies.close()
-    assert heads.connections >= 40 and bodies.connections >= 40
-    assert len(probe.results) >= 20, probe.results
-    assert probe.failures(slower_than=1.0) == [], probe.results
+    attack = probe_under_drip(server.port, token, seconds=4.0)
+    assert attack.head_connections >= 40 and attack.body_connections >= 40
+    assert len(attack.probe.results) >= 20, attack.probe.results
+    assert attack.probe.failures(slower_than=1.0) == [], attack.probe.results
