@@ -164,6 +164,21 @@ def through_the_outage(
     return replies
 
 
+def outage_then_recovery(
+    gateways: list[Limited], failed_over: Callable[[], bool], what: str, lost_at: float
+) -> None:
+    """The first three rounds of the outage each answer within the bound; once the
+    storage has failed over, every gateway counts exactly again, with no traceback."""
+    replies = through_the_outage(gateways, failed_over, rounds=3, seconds=20)
+    print(f"{what} {time.monotonic() - lost_at:.2f} s after")
+    for limited, reply in replies[: 3 * len(gateways)]:
+        limited.assert_outage_answer(reply)
+    for limited in gateways:
+        wait_until_counted(limited, seconds=5)
+        limited.assert_counts_exactly()
+        limited.assert_no_traceback()
+
+
 def wait_until_counted(limited: Limited, seconds: float) -> None:
     """Polls the main route until the gateway counts it again (rate-limit headers,
     on a 200 or a 429); every answer meanwhile within BOUND."""
@@ -221,16 +236,8 @@ def test_a_lost_cluster_master_costs_a_request_no_more_than_the_timeout(
         def failed_over() -> bool:
             return role(replica.port) == "master" and cluster.state_ok(replica)
 
-        replies = through_the_outage(gateways, failed_over, rounds=3, seconds=20)
-        print(f"{loss}: the replica took over {time.monotonic() - lost_at:.2f} s after")
         # Three rounds take well under the node timeout, the earliest a failover starts.
-        for limited, reply in replies[: 3 * len(gateways)]:
-            limited.assert_outage_answer(reply)
-
-        for limited in gateways:
-            wait_until_counted(limited, seconds=5)
-            limited.assert_counts_exactly()
-            limited.assert_no_traceback()
+        outage_then_recovery(gateways, failed_over, f"{loss}: the replica took over", lost_at)
     finally:
         stop(gateways)
 
@@ -331,16 +338,8 @@ def test_a_lost_sentinel_primary_costs_a_request_no_more_than_the_timeout(
                 "master"
             )
 
-        replies = through_the_outage(gateways, failed_over, rounds=3, seconds=20)
-        print(f"{loss}: Sentinel named the replica {time.monotonic() - lost_at:.2f} s after")
         # Three rounds take well under Sentinel's down-after, before any failover.
-        for limited, reply in replies[: 3 * len(gateways)]:
-            limited.assert_outage_answer(reply)
-
-        for limited in gateways:
-            wait_until_counted(limited, seconds=5)
-            limited.assert_counts_exactly()
-            limited.assert_no_traceback()
+        outage_then_recovery(gateways, failed_over, f"{loss}: Sentinel named the replica", lost_at)
     finally:
         stop(gateways)
         group.close()
