@@ -20,8 +20,8 @@ from .support import (
     Gateway,
     Reply,
     assert_problem,
+    gateway_serve_argv,
     start_server,
-    venv_script,
 )
 from .upstream import MisbehavingUpstream
 
@@ -40,24 +40,14 @@ def reference_gateway(
     the upstream's Link behaviour, orders with its echo."""
     env = stack_env(USERS_URL=f"{upstream.url}/up/link", ORDERS_URL=upstream.url)
 
-    def argv(port: int) -> list[str]:
-        return [
-            venv_script("gateway"),
-            "serve",
-            "-c",
-            str(ROUTES),
-            "--host",
-            LOOPBACK,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--threads",
-            "4",
-        ]
-
     workdir = tmp_path_factory.mktemp("edge-host")
-    server = start_server(argv, workdir=workdir, name="gateway-reference", env=env, workers=1)
+    server = start_server(
+        gateway_serve_argv(ROUTES, 1, 4),
+        workdir=workdir,
+        name="gateway-reference",
+        env=env,
+        workers=1,
+    )
     try:
         yield Gateway(server, {})
     finally:
