@@ -1,16 +1,10 @@
-"""Forwarding: the terminal step of every route. One module owns the upstream exchange.
+"""Forwarding: the terminal step of every route. The Forwarder owns the exchange.
 
-One long-lived keep-alive connection pool per upstream and worker, no proxies from the
-environment, no redirect following. Request bodies are streamed (chunked ones read
-first under the body limit, so nothing is half-sent), responses are streamed back byte
-for byte (compressed bodies untouched), and a total deadline bounds the whole exchange
-(see deadline.py).
-
-The pool is httpcore's, the HTTP engine under httpx, used directly: the gateway relays
-requests it has already parsed and checked, so httpx.Client's request building, URL
-merging, cookie jar and response wrapping were pure cost, about half the CPU of each
-upstream call (docs/perf/README.md). httpx still supplies the TLS context, so
-certificate checks are the same as an httpx client's.
+What is sent (the target, the headers, the body: chunked ones read first under the
+body limit, so nothing is half-sent), the call with its retries where they cannot
+duplicate a request, the circuit breaker, and a total deadline over the whole exchange
+(see deadline.py). Small successful bodies are read here; the rest of the answer is
+shaped in forward/response.py, and goes through the pool of forward/transport.py.
 """
 
 from __future__ import annotations
@@ -18,40 +12,27 @@ from __future__ import annotations
 import functools
 import logging
 import random
-import ssl
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import NoReturn, Protocol
+from typing import NoReturn
 
 import httpcore
-import httpx
-from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Request, Response
 
 from gateway.breaker import BreakerOpen, CircuitBreaker, State
 from gateway.config.model import Config, Upstream
 from gateway.context import RequestContext
-from gateway.deadline import deadline_at, deadline_pool
-from gateway.forward.headers import (
-    ERROR_BODY_FIELDS,
-    REQUEST_OWN,
-    RESPONSE_DROP,
-    TRACEPARENT,
-    connection_named,
-    header,
-    header_values,
-)
-from gateway.forward.relay import AFTER_CONNECT, Relay, RelayedResponse
+from gateway.deadline import deadline_at
+from gateway.forward.headers import REQUEST_OWN, TRACEPARENT, connection_named, header
+from gateway.forward.relay import AFTER_CONNECT
+from gateway.forward.response import client_response
+from gateway.forward.transport import Transport, connection_pool, parse_origin
 from gateway.problems import (
-    MAX_UPSTREAM_PROBLEM_BYTES,
     GatewayError,
     InvalidPath,
     ServiceUnavailable,
     UpstreamTimeout,
     UpstreamUnavailable,
-    render,
-    upstream_problem,
 )
 from gateway.request_body import read_body
 from gateway.rewrite import LinkRewriter
@@ -70,53 +51,6 @@ class _UpstreamFailed(Exception):
         super().__init__(kind)
         self.kind = kind
         self.error = error
-
-
-def _ssl_context(upstream: Upstream) -> ssl.SSLContext:
-    if upstream.ca_bundle:
-        return ssl.create_default_context(cafile=upstream.ca_bundle)
-    return httpx.create_ssl_context(trust_env=False)
-
-
-@dataclass(frozen=True, slots=True)
-class _Origin:
-    """One upstream's address, parsed once: what every request to it reuses."""
-
-    scheme: bytes
-    host: bytes
-    port: int | None
-    host_header: bytes
-    base_path: str  # the url's own path, put before every forwarded path
-    timeouts: dict[str, float]
-
-
-def _origin(upstream: Upstream) -> _Origin:
-    url = httpx.URL(upstream.url)
-    after_scheme = upstream.url.split("://", 1)[1]
-    slash = after_scheme.find("/")
-    return _Origin(
-        scheme=url.raw_scheme,
-        host=url.raw_host,
-        port=url.port,
-        host_header=url.netloc,
-        base_path=after_scheme[slash:] if slash >= 0 else "",
-        timeouts={
-            "connect": upstream.connect_timeout,
-            "read": upstream.timeout,
-            "write": upstream.timeout,
-            "pool": upstream.connect_timeout,
-        },
-    )
-
-
-def _pool(upstream: Upstream) -> httpcore.ConnectionPool:
-    return deadline_pool(
-        ssl_context=_ssl_context(upstream),
-        max_connections=upstream.max_connections,
-        max_keepalive_connections=upstream.max_connections,
-        keepalive_expiry=5.0,
-        retries=0,  # retries are ours: only where they cannot duplicate a request
-    )
 
 
 def _target(path_and_query: str) -> bytes:
@@ -141,15 +75,6 @@ def _query(request: Request) -> str:
     return "?" + _printable_ascii(raw.encode("latin-1", "replace"))
 
 
-class Transport(Protocol):
-    """What the forwarder sends requests through, one per upstream: httpcore's
-    connection pool, or whatever a test hands in (httpx's transport seam)."""
-
-    def handle_request(self, request: httpcore.Request) -> httpcore.Response: ...
-
-    def close(self) -> None: ...
-
-
 class Forwarder:
     def __init__(
         self,
@@ -159,10 +84,10 @@ class Forwarder:
     ) -> None:
         self.config = config
         self.pools: dict[str, Transport] = {
-            name: (transports[name] if transports and name in transports else _pool(u))
+            name: (transports[name] if transports and name in transports else connection_pool(u))
             for name, u in config.upstreams.items()
         }
-        self.origins = {name: _origin(u) for name, u in config.upstreams.items()}
+        self.origins = {name: parse_origin(u) for name, u in config.upstreams.items()}
         self.breakers = {
             name: CircuitBreaker(
                 u.breaker_failures,
@@ -287,7 +212,7 @@ class Forwarder:
             breaker.failed()
         else:
             breaker.succeeded()
-        return self._client_response(ctx, response, small_body, deadline)
+        return client_response(ctx, response, small_body, deadline, rewriter=self.rewriter)
 
     @staticmethod
     def _breaker_open(ctx: RequestContext, exc: BreakerOpen) -> NoReturn:
@@ -365,7 +290,7 @@ class Forwarder:
         a relay would never hand the connection back. Large or unsized bodies: None
         (they are relayed as they arrive)."""
         status = response.status
-        # Error and redirect answers are finished by _client_response itself.
+        # Error and redirect answers are finished by client_response itself.
         bodiless = (method == "HEAD" and status < 300) or status < 200 or status in (204, 304)
         if not bodiless:
             if not 200 <= status < 300:
@@ -386,98 +311,3 @@ class Forwarder:
     @staticmethod
     def _unavailable(upstream: Upstream, what: str) -> UpstreamUnavailable:
         return UpstreamUnavailable(f"The {upstream.name} service {what}.")
-
-    def _response_headers(
-        self, ctx: RequestContext, upstream_response: httpcore.Response, *, error: bool
-    ) -> Headers:
-        assert ctx.route is not None
-        raw = upstream_response.headers
-        drop = RESPONSE_DROP | connection_named(header_values(raw, b"connection"))
-        if error:
-            drop |= ERROR_BODY_FIELDS
-        elif header(raw, b"transfer-encoding") is not None:
-            # RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and the body
-            # was read by its chunks. Relayed with the upstream's length, a client would
-            # read a body of the wrong size: the next response spliced into this one.
-            drop |= {"content-length"}
-        headers = Headers()
-        for raw_name, raw_value in raw:
-            name = raw_name.decode("latin-1")
-            lowered = name.lower()
-            if lowered in drop or lowered.startswith("proxy-"):
-                continue
-            value = raw_value.decode("latin-1")
-            if lowered == "location":
-                value = self.rewriter.rewrite(
-                    value,
-                    upstream=ctx.route.upstream.name,
-                    route_index=ctx.route.index,
-                    public_base=ctx.public_base,
-                    current=ctx.upstream_template,
-                )
-            elif lowered == "link":
-                value = self.rewriter.rewrite_link_header(
-                    value,
-                    upstream=ctx.route.upstream.name,
-                    route_index=ctx.route.index,
-                    public_base=ctx.public_base,
-                    current=ctx.upstream_template,
-                )
-            headers.add(name, value)
-        return headers
-
-    def _client_response(
-        self,
-        ctx: RequestContext,
-        upstream_response: httpcore.Response,
-        body: bytes | None,
-        deadline: float,
-    ) -> Response:
-        status = upstream_response.status
-        if status >= 400:
-            return self._error_response(ctx, upstream_response, deadline)
-        if 300 <= status < 400 and status != 304:
-            # A redirect's body is a page naming the Location it points at, i.e. the
-            # upstream's own address: the client gets the rewritten header only.
-            upstream_response.close()
-            headers = self._response_headers(ctx, upstream_response, error=True)
-            headers["Content-Length"] = "0"
-            return RelayedResponse(b"", status=status, headers=headers)
-        headers = self._response_headers(ctx, upstream_response, error=False)
-        if body is not None:
-            response = RelayedResponse(body, status=status)
-            # The upstream's own framing: a HEAD answer keeps the Content-Length of the
-            # body it describes (werkzeug would set that of the empty body).
-            response.headers = headers
-            return response
-        relay = Relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
-        return RelayedResponse(relay, status=status, headers=headers, direct_passthrough=True)
-
-    def _error_response(
-        self, ctx: RequestContext, upstream_response: httpcore.Response, deadline: float
-    ) -> Response:
-        status = upstream_response.status
-        body = b""
-        content_type = header(upstream_response.headers, b"content-type") or ""
-        try:
-            if status < 500 and "json" in content_type.lower():
-                with deadline_at(deadline):
-                    for chunk in upstream_response.iter_stream():
-                        body += chunk
-                        if len(body) > MAX_UPSTREAM_PROBLEM_BYTES:
-                            break
-        except AFTER_CONNECT:
-            body = b""
-        finally:
-            upstream_response.close()
-        if status >= 500:
-            headers = Headers()
-            retry_after = header(upstream_response.headers, b"retry-after")
-            if retry_after is not None:
-                headers["Retry-After"] = retry_after
-        else:
-            headers = self._response_headers(ctx, upstream_response, error=True)
-        problem = upstream_problem(
-            status, content_type, body, instance=ctx.path, request_id=ctx.request_id
-        )
-        return render(problem, status, headers)

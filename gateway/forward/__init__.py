@@ -1,1 +1,2 @@
-"""The pieces of forwarding that gateway/proxy.py puts together: header policy, relay."""
+"""The pieces of forwarding that gateway/proxy.py puts together: header policy,
+the transport to each upstream, the client's answer and the relay of its body."""
