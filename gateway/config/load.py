@@ -1,8 +1,8 @@
 """routes.yaml -> Config, or ConfigError listing every problem with file, line and column.
 
-Three passes over one parsed document (the first two in checks.py): the JSON Schema
-(shape, types, unknown keys), then the rules a schema cannot state (references,
-collisions, parseable limits, key sources), then construction of the frozen model.
+Three passes over one parsed document: the JSON Schema (shape, types, unknown keys;
+schema_errors.py), then the rules a schema cannot state (references, collisions,
+parseable limits, key sources; checks.py), then construction of the frozen model.
 All problems of the first two passes are reported together, so a backend team fixes a
 file in one round.
 """
@@ -18,8 +18,9 @@ from typing import Any, TypeVar, cast
 
 import limits
 
-from gateway.config.checks import Checker, parse_date, resolve_relative
+from gateway.config.checks import Checker
 from gateway.config.errors import ConfigError, ConfigProblem
+from gateway.config.file_checks import resolve_relative
 from gateway.config.model import (
     ApiKey,
     ApiKeySettings,
@@ -37,6 +38,7 @@ from gateway.config.model import (
     VersionOption,
     Versions,
 )
+from gateway.config.route_checks import parse_date
 from gateway.config.schema_errors import schema_problems
 from gateway.config.source import Document, parse
 

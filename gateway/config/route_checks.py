@@ -1,0 +1,234 @@
+"""The rules for `routes` that a JSON Schema cannot state: each route against the rest
+of the file (its upstream, auth and roles), its path templates and versions, its
+deprecation dates, and the table as a whole (names used twice, routes that collide or
+shadow one another).
+
+Like the other rules (checks.py), they report every problem with its position,
+tolerate data the schema rejected, and never raise.
+"""
+
+from __future__ import annotations
+
+import difflib
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.config.source import Document, Path
+from gateway.config.value_checks import (
+    Fail,
+    check_http_url,
+    check_rate_limits,
+    check_roles,
+    nested_value,
+    string_items,
+)
+from gateway.paths import NoMatch, PathMatcher, PathTemplate, TemplateError
+
+# Answered by the gateway itself, before the route table.
+RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def parse_date(text: str) -> datetime:
+    """A date or ISO 8601 date-time, as an aware UTC datetime (naive means UTC)."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+class RouteRules:
+    """The rules for `routes`, reporting through the `fail` of the pass that runs them."""
+
+    def __init__(self, document: Document, fail: Fail) -> None:
+        self.doc = document
+        self.data = document.data if isinstance(document.data, dict) else {}
+        self.fail = fail
+
+    def run(self) -> None:
+        routes = self.data.get("routes")
+        if not isinstance(routes, list):
+            return
+        upstreams = self.data.get("upstreams")
+        upstream_names = list(upstreams) if isinstance(upstreams, dict) else []
+        names: dict[str, int] = {}
+        compiled: list[tuple[int, PathTemplate, list[str]]] = []
+        for index, route in enumerate(routes):
+            if not isinstance(route, dict):
+                continue
+            at: Path = ("routes", index)
+            name = route.get("name")
+            label = f"route {name!r}" if isinstance(name, str) else f"routes[{index}]"
+            if isinstance(name, str):
+                if name in names:
+                    first = self.doc.where(("routes", names[name], "name"))
+                    self.fail(
+                        (*at, "name"),
+                        f"route name {name!r} is used twice (first at line {first.line})",
+                    )
+                names.setdefault(name, index)
+            upstream = route.get("upstream")
+            if isinstance(upstream, str) and upstream not in upstream_names:
+                hint = difflib.get_close_matches(upstream, upstream_names, n=1)
+                tip = (
+                    f"; did you mean {hint[0]!r}?"
+                    if hint
+                    else (f"; defined: {', '.join(upstream_names)}" if upstream_names else "")
+                )
+                self.fail(
+                    (*at, "upstream"),
+                    f"{label}: upstream {upstream!r} is not defined in upstreams{tip}",
+                )
+            methods = string_items(route.get("methods"))
+            for method in {m for m in methods if methods.count(m) > 1}:
+                self.fail((*at, "methods"), f"{label}: method {method} is listed twice")
+            template = self._template((*at, "path"), route.get("path"), label)
+            if template and template.text.rstrip("/") in RESERVED_PATHS:
+                self.fail(
+                    (*at, "path"),
+                    f"{label}: {template.text} is the gateway's own endpoint and cannot be routed",
+                )
+            upstream_template = (
+                self._template(
+                    (*at, "upstream_path"),
+                    route.get("upstream_path", route.get("path")),
+                    label,
+                )
+                if "upstream_path" in route
+                else template
+            )
+            if template and upstream_template:
+                self._same_params((*at, "upstream_path"), template, upstream_template, label)
+            self._versions(at, route, template, label)
+            self._deprecation((*at, "deprecation"), route.get("deprecation"), template, label)
+            check_roles(self.fail, (*at, "roles"), route.get("roles"), label)
+            auth = route.get("auth")
+            if auth == "public" and route.get("roles"):
+                self.fail((*at, "roles"), f"{label}: a public route cannot require roles", key=True)
+            if isinstance(auth, list):
+                if "jwt" in auth and not isinstance(nested_value(self.data, "auth", "jwt"), dict):
+                    self.fail((*at, "auth"), f"{label}: uses jwt, but auth.jwt is not configured")
+                if "api_key" in auth and not nested_value(self.data, "auth", "api_keys", "keys"):
+                    self.fail(
+                        (*at, "auth"),
+                        f"{label}: uses api_key, but auth.api_keys has no keys",
+                    )
+            check_rate_limits(self.fail, (*at, "rate_limit"), route.get("rate_limit"))
+            if template and methods:
+                compiled.append((index, template, methods))
+        self._collisions(compiled, routes)
+
+    def _same_params(
+        self, at: Path, public: PathTemplate, upstream: PathTemplate, label: str
+    ) -> None:
+        """An upstream template may only use the public path's parameters, each as the
+        same kind ({name} or {name:path})."""
+        for param in sorted(set(upstream.params) - set(public.params)):
+            self.fail(at, f"{label}: {at[-1]} uses {{{param}}}, which path does not define")
+        for param, kind in upstream.params.items():
+            if param in public.params and public.params[param] != kind:
+                self.fail(
+                    at, f"{label}: {{{param}}} is a different parameter type in path and {at[-1]}"
+                )
+
+    def _versions(
+        self, at: Path, route: dict[str, Any], template: PathTemplate | None, label: str
+    ) -> None:
+        versions = route.get("versions")
+        if not isinstance(versions, dict):
+            return
+        if "upstream_path" in route:
+            self.fail(
+                (*at, "upstream_path"),
+                f"{label}: give either upstream_path or "
+                "versions (each version has its own upstream_path)",
+                key=True,
+            )
+        options = versions.get("options")
+        if not isinstance(options, dict):
+            return
+        default = versions.get("default")
+        if isinstance(default, str) and default not in options:
+            self.fail(
+                (*at, "versions", "default"),
+                f"{label}: default version {default!r} "
+                f"is not one of the options ({', '.join(map(str, options))})",
+            )
+        for name, option in options.items():
+            if not isinstance(option, dict):
+                continue
+            where: Path = (*at, "versions", "options", name)
+            upstream = self._template((*where, "upstream_path"), option.get("upstream_path"), label)
+            if template and upstream:
+                self._same_params((*where, "upstream_path"), template, upstream, label)
+            self._deprecation((*where, "deprecation"), option.get("deprecation"), template, label)
+
+    def _deprecation(
+        self, at: Path, deprecation: Any, template: PathTemplate | None, label: str
+    ) -> None:
+        if not isinstance(deprecation, dict):
+            return
+        dates: dict[str, datetime] = {}
+        for key in ("since", "sunset"):
+            text = deprecation.get(key)
+            if not isinstance(text, str):
+                continue
+            try:
+                dates[key] = parse_date(text)
+            except ValueError:
+                self.fail(
+                    (*at, key),
+                    f"{label}: {key} {text!r} is not a date "
+                    "(2027-06-30) or date-time (2027-06-30T00:00:00Z)",
+                )
+        if "since" in dates and "sunset" in dates and dates["sunset"] < dates["since"]:
+            self.fail((*at, "sunset"), f"{label}: sunset is before since")
+        successor = deprecation.get("successor")
+        if not isinstance(successor, str):
+            return
+        if successor.startswith("/"):
+            target = self._template((*at, "successor"), successor, label)
+            if target and template:
+                self._same_params((*at, "successor"), template, target, label)
+        else:
+            check_http_url(self.fail, (*at, "successor"), successor, "successor", allow_path=True)
+
+    def _template(self, path: Path, text: Any, label: str) -> PathTemplate | None:
+        if not isinstance(text, str):
+            return None
+        try:
+            return PathTemplate.parse(text)
+        except TemplateError as exc:
+            self.fail(path, f"{label}: {exc}")
+            return None
+
+    def _collisions(
+        self, compiled: list[tuple[int, PathTemplate, list[str]]], routes: list[Any]
+    ) -> None:
+        """Same method and path twice, or a route another one always wins against.
+
+        Each route's example path is matched against the table the gateway will
+        really build: if it lands elsewhere for one of the route's methods, that
+        route can never be reached by such requests.
+        """
+        matcher: PathMatcher[int] = PathMatcher()
+        for index, template, methods in compiled:
+            matcher.add(template, index, methods)
+        for index, template, methods in compiled:
+            label = routes[index].get("name", f"routes[{index}]")
+            for method in dict.fromkeys(methods):
+                try:
+                    winner, _ = matcher.match(template.example(), method)
+                except NoMatch:  # pragma: no cover - cannot happen
+                    continue
+                if winner == index:
+                    continue
+                other = routes[winner]
+                line = self.doc.where(("routes", winner)).line
+                same = PathTemplate.parse(other["path"]).shape == template.shape
+                what = "the same method and path as" if same else "shadowed by"
+                self.fail(
+                    ("routes", index, "path"),
+                    f"route {label!r}: {method} "
+                    f"{template.text} is {what} route {other.get('name')!r} (line "
+                    f"{line})",
+                )
