@@ -42,8 +42,8 @@ def test_limits_sliding_window_keys() -> None:
 
 
 def test_redis_cluster_and_sentinel_internals() -> None:
-    """gateway/ratelimit.py wraps the cluster client's topology refresh and sets the
-    Sentinels' connection class."""
+    """gateway/ratelimit_storage.py wraps the cluster client's topology refresh and sets
+    the Sentinels' connection class."""
     assert hasattr(redis.cluster.NodesManager, "initialize")
     assert "connection_pool" in inspect.signature(redis.Redis.__init__).parameters
     sentinel = redis.sentinel.Sentinel([("127.0.0.1", 1)])

@@ -31,7 +31,8 @@ from gateway.config import ConfigError, load_config_text
 from gateway.config.load import parse_rate_limits
 from gateway.config.model import RateLimit, RateLimitSettings
 from gateway.policies.ratelimit import limit_headers
-from gateway.ratelimit import Counters, StorageUnavailable, Verdict, make_storage
+from gateway.ratelimit import Counters, StorageUnavailable, Verdict
+from gateway.ratelimit_storage import make_storage
 from tests.integration.redis_support import (
     OwnRedis,
     ask,
