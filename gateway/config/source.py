@@ -1,9 +1,9 @@
 """routes.yaml text -> plain data, with the position of every node and ${ENV} applied.
 
 PyYAML's parser (libyaml's, where it reads the text alike) gives events with marks; we
-compose and construct plain values ourselves so that nothing but the YAML core types
-can be built (a `!!python/...` tag is a problem, not code) and so that every key and
-value keeps its line and column for later messages.
+compose plain values from them ourselves so that every key and value keeps its line
+and column for later messages, and so that aliases cannot expand without end. Each
+scalar's value (core types only, ${ENV} applied) comes from gateway.config.scalars.
 """
 
 from __future__ import annotations
@@ -16,22 +16,12 @@ from typing import Any
 import yaml
 
 from gateway.config.errors import ConfigError, ConfigProblem
+from gateway.config.scalars import CORE_TAGS, Scalars
 
 Path = tuple[str | int, ...]
 
-_CORE_TAGS = {
-    "tag:yaml.org,2002:str",
-    "tag:yaml.org,2002:int",
-    "tag:yaml.org,2002:float",
-    "tag:yaml.org,2002:bool",
-    "tag:yaml.org,2002:null",
-}
 _SEQ_TAG = "tag:yaml.org,2002:seq"
-_TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
 _MAP_TAG = "tag:yaml.org,2002:map"
-# ${NAME} or ${NAME:-default}; $${ is a literal ${.
-_ENV_REF = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_UNCLOSED_REF = re.compile(r"(?<!\$)\$\{(?![A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +76,6 @@ MAX_ALIAS_VALUES = 100_000
 ALIAS_RATIO = 10
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
-_STR_TAG = "tag:yaml.org,2002:str"
 # libyaml reads a few corners of YAML differently from PyYAML's own parser: tabs, "!"
 # tags, "?" in flow collections, a byte order mark inside the text, a comment glued
 # to a block scalar's header, directives (`%YAML`, `%TAG`), the end of a text without
@@ -143,22 +132,17 @@ class _Builder:
         self, file: str, environ: Mapping[str, str], loader: Any, *, positions: bool
     ) -> None:
         self.file = file
-        self.environ = environ
         self.problems: list[ConfigProblem] = []
         self.positions: dict[Path, Position] = {}
         self.key_positions: dict[Path, Position] = {}
         # Without `positions`, only those of the top two levels (each route's) are kept.
         self._depth = None if positions else 2
-        self._loader = loader  # also the resolver and constructor of plain scalars
         self._events = _Events(loader)
+        self._scalars = Scalars(loader, environ, self.fail)
         self._anchors: dict[str, list[_Event]] = {}
         self._building: set[str] = set()  # anchors of the collections being built now
         self._written = 0
         self._aliased = 0
-        # One string per distinct text, and the tag of each distinct plain scalar:
-        # keys and values repeat in every route.
-        self._strings: dict[str, str] = {}
-        self._plain_tags: dict[str, str] = {}
 
     def fail(self, mark: _Mark, message: str) -> None:
         pos = _position(mark)
@@ -196,7 +180,7 @@ class _Builder:
                 return None
             self._count(event, aliased=isinstance(events, _Replay))
             self._place(path, event)
-            return self._scalar(event)
+            return self._scalars.value(event)
         if recording is None:
             return self._collection(events, event, path, build=build)
         assert isinstance(events, _Events)
@@ -275,11 +259,11 @@ class _Builder:
                     key_event.start_mark, "merge keys (<<) are not supported; write the keys out"
                 )
                 self._node(events, events.next(), path, build=False)
-            elif key_tag not in _CORE_TAGS:
+            elif key_tag not in CORE_TAGS:
                 self.fail(key_event.start_mark, "mapping keys must be plain strings")
                 self._node(events, events.next(), path, build=False)
             else:
-                key = self._string(str(key_event.value))
+                key = self._scalars.string(str(key_event.value))
                 if key in result:
                     # Without positions the message is never shown: a problem makes
                     # the caller read the text again with them.
@@ -306,99 +290,7 @@ class _Builder:
             event = recorded[0]
         elif anchor is not None or not isinstance(event, yaml.ScalarEvent):
             self._node(events, event, (), build=False)  # its anchor, a collection's events
-        return event, self._tag(event) if isinstance(event, yaml.ScalarEvent) else None
-
-    def _tag(self, event: _Event) -> str:
-        tag: str | None = event.tag
-        if tag is None or tag == "!":
-            value = event.value
-            implicit = event.implicit
-            if implicit[0]:
-                # A plain scalar's tag follows from its text alone.
-                tag = self._plain_tags.get(value)
-                if tag is None:
-                    tag = self._plain_tags[value] = self._loader.resolve(
-                        yaml.ScalarNode, value, implicit
-                    )
-            else:
-                tag = self._loader.resolve(yaml.ScalarNode, value, implicit)
-        assert tag is not None
-        return tag
-
-    def _string(self, text: str) -> str:
-        return self._strings.setdefault(text, text)
-
-    def _construct(self, tag: str, value: str, event: _Event | None = None) -> Any:
-        if tag == _STR_TAG:
-            return self._string(value)
-        node = yaml.ScalarNode(tag, value, event.start_mark if event else None)
-        try:
-            return self._loader.yaml_constructors[tag](self._loader, node)
-        except (ValueError, ArithmeticError, LookupError):
-            # PyYAML's constructors trust the resolver: `!!int one` or `0x_` reach
-            # int() and fail there. A problem at the value, never a traceback.
-            if event is None:
-                raise
-            kind = tag.rsplit(":", 1)[-1]
-            self.fail(event.start_mark, f"{value!r} is not a valid {kind}")
-            return None
-
-    def _scalar(self, event: _Event) -> Any:
-        tag = self._tag(event)
-        if tag == _TIMESTAMP_TAG:
-            # An unquoted date (a Sunset date, say) stays the text it was written as.
-            text = self._string(event.value)
-            return self._interpolate(event, text) if "$" in text else text
-        if tag not in _CORE_TAGS:
-            self.fail(event.start_mark, f"tag {tag!r} is not allowed (plain YAML only)")
-            return None
-        value = self._construct(tag, event.value, event)
-        if isinstance(value, str) and "$" in value:
-            return self._interpolate(event, value)
-        return value
-
-    def _interpolate(self, event: _Event, text: str) -> Any:
-        if _UNCLOSED_REF.search(text):
-            self.fail(
-                event.start_mark, "malformed ${...} reference; write ${NAME} or ${NAME:-default}"
-            )
-            return text
-        missing: list[str] = []
-
-        def replace(match: re.Match[str]) -> str:
-            if match.group(0) == "$${":
-                return "${"
-            name, default = match.group(1), match.group(2)
-            value = self.environ.get(name)
-            # As in the shell, ":-" also replaces a variable that is set but empty.
-            if value is not None and (value or default is None):
-                return value
-            if default is not None:
-                return default
-            missing.append(name)
-            return ""
-
-        result = _ENV_REF.sub(replace, text)
-        for name in missing:
-            self.fail(
-                event.start_mark, f"environment variable {name} is not set and has no default"
-            )
-        # libyaml calls a plain scalar's style "", PyYAML's parser None.
-        if not event.style and _ENV_REF.fullmatch(text.strip()):
-            # A plain scalar that is one reference, e.g. `retries: ${RETRIES:-1}`, takes
-            # the type its value would have had if written literally.
-            return self._retype(result)
-        return result
-
-    def _retype(self, text: str) -> Any:
-        tag = self._loader.resolve(yaml.ScalarNode, text, (True, False))
-        # Numbers and booleans only: an empty value stays "", never null.
-        if tag in _CORE_TAGS and tag != "tag:yaml.org,2002:null":
-            try:
-                return self._construct(tag, text)
-            except (ValueError, ArithmeticError, LookupError):
-                return text  # looks like a number but is none: the text itself
-        return text
+        return event, self._scalars.tag(event) if isinstance(event, yaml.ScalarEvent) else None
 
 
 def parse(text: str, file: str, environ: Mapping[str, str], *, positions: bool = True) -> Document:
