@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from gateway.app import Gateway, create_app, raw_request_path
-from gateway.config import ConfigError, load_config_text
+from gateway.config import ConfigError
+from tests.app_support import AppFactory, sent
 
 UPSTREAM = "http://users.internal:8081"
 DIGEST = "dc1d67428b2b1c975f03027d3f345cb1fdd323220e4d2f972632048f9df8a011"
@@ -69,22 +69,19 @@ REQUIRED = {"type", "title", "status", "detail", "instance", "code", "request_id
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    application = create_app(load_config_text(CONFIG, "routes.yaml", {}))
-    yield application
-    application.gateway.forwarder.close()  # type: ignore[attr-defined]
+def app(gateway_app: AppFactory) -> Flask:
+    return gateway_app(CONFIG)
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def upstream_base_url() -> str:
+    return UPSTREAM
 
 
 @pytest.fixture
-def upstream() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=UPSTREAM, assert_all_called=False) as mock:
-        mock.route().mock(return_value=httpx.Response(200, json={"ok": True}))
-        yield mock
+def upstream(upstream: respx.MockRouter) -> respx.MockRouter:
+    upstream.route().mock(return_value=httpx.Response(200, json={"ok": True}))
+    return upstream
 
 
 def problem(response: Any) -> dict[str, Any]:
@@ -218,7 +215,7 @@ def test_body_within_the_limit_is_forwarded(
     client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
     assert client.post("/api/v1/files/a", data=b"x" * 1000).status_code == 200
-    assert upstream.calls.last.request.content == b"x" * 1000
+    assert sent(upstream).content == b"x" * 1000
 
 
 def test_non_numeric_content_length_is_400(client: FlaskClient, upstream: respx.MockRouter) -> None:
@@ -283,7 +280,7 @@ def test_upstream_answer_is_relayed(client: FlaskClient, upstream: respx.MockRou
     response = client.get("/api/v1/users/7")
     assert response.status_code == 200
     assert response.get_json() == {"ok": True}
-    assert str(upstream.calls.last.request.url) == f"{UPSTREAM}/users/7"
+    assert str(sent(upstream).url) == f"{UPSTREAM}/users/7"
 
 
 # --- create_app ---------------------------------------------------------------------------
@@ -356,15 +353,13 @@ def test_raw_request_path_prefers_what_the_client_sent(
 
 
 def test_an_app_whose_links_follow_the_host_header_warns_at_start(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, gateway_app: AppFactory
 ) -> None:
     with caplog.at_level("WARNING", logger="gateway"):
-        app = create_app(load_config_text(CONFIG, "routes.yaml", {}))
-    app.gateway.close()  # type: ignore[attr-defined]
+        gateway_app(CONFIG)
     assert any("public_url is empty" in r.getMessage() for r in caplog.records)
     caplog.clear()
     configured = CONFIG.replace("  max_body_bytes: 1000", "  public_url: https://api.test")
     with caplog.at_level("WARNING", logger="gateway"):
-        app = create_app(load_config_text(configured, "routes.yaml", {}))
-    app.gateway.close()  # type: ignore[attr-defined]
+        gateway_app(configured)
     assert not any("public_url is empty" in r.getMessage() for r in caplog.records)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpcore
@@ -21,9 +20,8 @@ import respx
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.app import create_app
 from gateway.breaker import BreakerOpen, CircuitBreaker, State
-from gateway.config import load_config_text
+from tests.app_support import AppFactory, ClientFactory
 
 
 class FakeClock:
@@ -310,27 +308,15 @@ routes:
 """
 
 
-def make_app(**kwargs: Any) -> Flask:
-    return create_app(load_config_text(config_text(**kwargs), "routes.yaml", {}))
+@pytest.fixture
+def app(gateway_app: AppFactory) -> Flask:
+    return gateway_app(config_text())
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    application = make_app()
-    yield application
-    application.gateway.forwarder.close()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def mock() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as router:
-        router.route(host="steady.internal").mock(return_value=httpx.Response(200, json={}))
-        yield router
+def upstream(upstream: respx.MockRouter) -> respx.MockRouter:
+    upstream.route(host="steady.internal").mock(return_value=httpx.Response(200, json={}))
+    return upstream
 
 
 def problem_code(response: Any) -> str:
@@ -362,12 +348,12 @@ def sample(app: Flask, name: str, labels: dict[str, str]) -> float:
 def test_connection_failures_and_timeouts_open_the_breaker(
     app: Flask,
     client: FlaskClient,
-    mock: respx.MockRouter,
+    upstream: respx.MockRouter,
     error: Exception,
     status: int,
     kind: str,
 ) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=error)
+    route = upstream.route(host="flaky.internal").mock(side_effect=error)
     for _ in range(3):
         assert client.get("/flaky/x").status_code == status
     assert route.call_count == 3
@@ -386,8 +372,10 @@ def test_connection_failures_and_timeouts_open_the_breaker(
     assert sample(app, "gateway_upstream_breaker_open", {"upstream": "flaky"}) == 1
 
 
-def test_a_post_is_refused_alike_while_open(client: FlaskClient, mock: respx.MockRouter) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
+def test_a_post_is_refused_alike_while_open(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    route = upstream.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(3):
         client.get("/flaky/x")
     response = client.post("/flaky/x", data=b'{"a": 1}', content_type="application/json")
@@ -396,9 +384,9 @@ def test_a_post_is_refused_alike_while_open(client: FlaskClient, mock: respx.Moc
 
 
 def test_upstream_5xx_answers_do_not_open_it_by_default(
-    client: FlaskClient, mock: respx.MockRouter
+    client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
-    route = mock.route(host="flaky.internal").mock(return_value=httpx.Response(500))
+    route = upstream.route(host="flaky.internal").mock(return_value=httpx.Response(500))
     for _ in range(6):
         assert client.get("/flaky/x").status_code == 500
     assert route.call_count == 6
@@ -409,36 +397,32 @@ def test_upstream_5xx_answers_do_not_open_it_by_default(
 
 @pytest.mark.parametrize("upstream_status", [500, 502, 503, 504])
 def test_upstream_5xx_answers_open_it_with_on_5xx(
-    mock: respx.MockRouter, upstream_status: int
+    gateway_client: ClientFactory, upstream: respx.MockRouter, upstream_status: int
 ) -> None:
-    app = make_app(on_5xx=True)
-    client = app.test_client()
-    try:
-        route = mock.route(host="flaky.internal").mock(return_value=httpx.Response(upstream_status))
-        for _ in range(3):
-            assert client.get("/flaky/x").status_code == upstream_status
-        response = client.get("/flaky/x")
-        assert response.status_code == 503
-        assert "Retry-After" in response.headers
-        assert route.call_count == 3
-    finally:
-        app.gateway.forwarder.close()  # type: ignore[attr-defined]
+    client = gateway_client(config_text(on_5xx=True))
+    route = upstream.route(host="flaky.internal").mock(return_value=httpx.Response(upstream_status))
+    for _ in range(3):
+        assert client.get("/flaky/x").status_code == upstream_status
+    response = client.get("/flaky/x")
+    assert response.status_code == 503
+    assert "Retry-After" in response.headers
+    assert route.call_count == 3
 
 
-def test_4xx_answers_never_count_as_failures(mock: respx.MockRouter) -> None:
-    app = make_app(on_5xx=True)
-    client = app.test_client()
-    try:
-        route = mock.route(host="flaky.internal").mock(return_value=httpx.Response(404))
-        for _ in range(6):
-            assert client.get("/flaky/x").status_code == 404
-        assert route.call_count == 6
-    finally:
-        app.gateway.forwarder.close()  # type: ignore[attr-defined]
+def test_4xx_answers_never_count_as_failures(
+    gateway_client: ClientFactory, upstream: respx.MockRouter
+) -> None:
+    client = gateway_client(config_text(on_5xx=True))
+    route = upstream.route(host="flaky.internal").mock(return_value=httpx.Response(404))
+    for _ in range(6):
+        assert client.get("/flaky/x").status_code == 404
+    assert route.call_count == 6
 
 
-def test_the_breaker_belongs_to_one_upstream(client: FlaskClient, mock: respx.MockRouter) -> None:
-    mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
+def test_the_breaker_belongs_to_one_upstream(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    upstream.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(4):
         client.get("/flaky/x")
     assert client.get("/flaky/x").status_code == 503
@@ -448,13 +432,13 @@ def test_the_breaker_belongs_to_one_upstream(client: FlaskClient, mock: respx.Mo
 
 
 def test_readyz_is_not_ready_while_a_breaker_is_open_only(
-    app: Flask, client: FlaskClient, mock: respx.MockRouter
+    app: Flask, client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
     status, body = readiness(client)
     assert status == 200 and body["status"] == "ready"
     assert body["checks"]["upstream_breakers"] == {"flaky": "closed", "steady": "closed"}
 
-    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
+    route = upstream.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(3):
         client.get("/flaky/x")
     status, body = readiness(client)
@@ -478,9 +462,9 @@ def test_readyz_is_not_ready_while_a_breaker_is_open_only(
 
 
 def test_a_failed_probe_reopens_and_a_later_one_closes(
-    app: Flask, client: FlaskClient, mock: respx.MockRouter
+    app: Flask, client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
+    route = upstream.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(3):
         client.get("/flaky/x")
     time.sleep(0.35)
@@ -500,9 +484,9 @@ def test_a_failed_probe_reopens_and_a_later_one_closes(
 
 
 def test_a_probe_ended_by_a_pool_timeout_leaves_the_breaker_half_open(
-    client: FlaskClient, mock: respx.MockRouter
+    client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
+    route = upstream.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     for _ in range(3):
         client.get("/flaky/x")
     time.sleep(0.35)
@@ -520,9 +504,9 @@ def test_a_probe_ended_by_a_pool_timeout_leaves_the_breaker_half_open(
 
 
 def test_pool_timeouts_do_not_reset_the_run_of_failures(
-    client: FlaskClient, mock: respx.MockRouter
+    client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
-    route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
+    route = upstream.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
     client.get("/flaky/x")
     client.get("/flaky/x")
     route.mock(side_effect=httpcore.PoolTimeout("no free connection"))
@@ -534,22 +518,20 @@ def test_pool_timeouts_do_not_reset_the_run_of_failures(
     assert route.call_count == 4
 
 
-def test_without_a_breaker_config_failures_never_short_circuit(mock: respx.MockRouter) -> None:
+def test_without_a_breaker_config_failures_never_short_circuit(
+    gateway_client: ClientFactory, upstream: respx.MockRouter
+) -> None:
     text = config_text().replace(
         "    breaker: {failures: 3, open_seconds: 0.3, on_5xx: false}\n", ""
     )
     assert "breaker" not in text
-    app = create_app(load_config_text(text, "routes.yaml", {}))
-    try:
-        client = app.test_client()
-        route = mock.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
-        for _ in range(8):
-            assert client.get("/flaky/x").status_code == 502
-        assert route.call_count == 8
-        status, _ = readiness(client)
-        assert status == 200
-    finally:
-        app.gateway.forwarder.close()  # type: ignore[attr-defined]
+    client = gateway_client(text)
+    route = upstream.route(host="flaky.internal").mock(side_effect=httpcore.ConnectError("refused"))
+    for _ in range(8):
+        assert client.get("/flaky/x").status_code == 502
+    assert route.call_count == 8
+    status, _ = readiness(client)
+    assert status == 200
 
 
 def test_refusing_answers_while_open_without_taking_the_probe() -> None:

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpcore
 import httpx
-import jwt
 import pytest
 import respx
 from flask import Flask
@@ -22,9 +20,10 @@ from flask.testing import FlaskClient
 from werkzeug.datastructures import Headers
 from werkzeug.test import TestResponse
 
-from gateway.app import create_app
 from gateway.config import ConfigError, load_config_text
 from gateway.cors import is_preflight
+from tests.app_support import ClientFactory, running_app
+from tests.tokens import mint_token
 
 UPSTREAM = "http://users.internal"
 ISSUER = "http://issuer.example"
@@ -113,14 +112,8 @@ def load(text: str) -> Any:
 
 @pytest.fixture(scope="module")
 def app() -> Iterator[Flask]:
-    application = create_app(load(CONFIG))
-    yield application
-    application.gateway.close()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+    with running_app(CONFIG) as application:
+        yield application
 
 
 UPSTREAM_CORS = [
@@ -150,21 +143,18 @@ def _answer(request: httpx.Request) -> httpx.Response:
 
 
 @pytest.fixture
-def upstream() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=UPSTREAM, assert_all_called=False) as mock:
-        mock.route().mock(side_effect=_answer)
-        yield mock
+def upstream_base_url() -> str:
+    return UPSTREAM
+
+
+@pytest.fixture
+def upstream(upstream: respx.MockRouter) -> respx.MockRouter:
+    upstream.route().mock(side_effect=_answer)
+    return upstream
 
 
 def token(*roles: str) -> str:
-    claims = {
-        "iss": ISSUER,
-        "aud": "gateway",
-        "sub": "user-1",
-        "exp": int(time.time()) + 300,
-        "role": list(roles),
-    }
-    return jwt.encode(claims, SECRET, "HS256")
+    return mint_token(SECRET, issuer=ISSUER, audience="gateway", subject="user-1", roles=roles)
 
 
 def preflight(
@@ -276,18 +266,15 @@ def test_no_origin_no_cors_headers_but_vary_origin(
     assert_refused(response)
 
 
-def test_wildcard_without_credentials_answers_star() -> None:
+def test_wildcard_without_credentials_answers_star(gateway_client: ClientFactory) -> None:
     text = CONFIG.replace(CORS, 'cors:\n  allow_origins: ["*"]\n  allow_credentials: false\n')
-    app = create_app(load(text))
-    try:
-        with respx.mock(base_url=UPSTREAM) as mock:
-            mock.route().mock(side_effect=_answer)
-            response = app.test_client().get("/items/1", headers={"Origin": "https://any.example"})
-        assert response.headers.getlist("Access-Control-Allow-Origin") == ["*"]
-        assert "Access-Control-Allow-Credentials" not in response.headers
-        assert "origin" in vary(response)
-    finally:
-        app.gateway.close()  # type: ignore[attr-defined]
+    client = gateway_client(text)
+    with respx.mock(base_url=UPSTREAM) as mock:
+        mock.route().mock(side_effect=_answer)
+        response = client.get("/items/1", headers={"Origin": "https://any.example"})
+    assert response.headers.getlist("Access-Control-Allow-Origin") == ["*"]
+    assert "Access-Control-Allow-Credentials" not in response.headers
+    assert "origin" in vary(response)
 
 
 # --- Vary: Origin everywhere -----------------------------------------------------------------
@@ -527,15 +514,12 @@ def test_preflight_is_never_forwarded_even_where_options_is_routed(
     assert upstream.calls.last.request.method == "OPTIONS"
 
 
-def test_max_age_zero_is_sent_as_zero() -> None:
+def test_max_age_zero_is_sent_as_zero(gateway_client: ClientFactory) -> None:
     """0 means "do not cache this preflight"; no header would mean 5 s in browsers."""
-    app = create_app(load(CONFIG.replace("  max_age: 600\n", "  max_age: 0\n")))
-    try:
-        response = preflight(app.test_client(), "/items/1", "GET", APP)
-        assert response.status_code == 204
-        assert response.headers.get("Access-Control-Max-Age") == "0"
-    finally:
-        app.gateway.close()  # type: ignore[attr-defined]
+    client = gateway_client(CONFIG.replace("  max_age: 600\n", "  max_age: 0\n"))
+    response = preflight(client, "/items/1", "GET", APP)
+    assert response.status_code == 204
+    assert response.headers.get("Access-Control-Max-Age") == "0"
 
 
 def test_private_network_access_only_when_configured(

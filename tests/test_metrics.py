@@ -12,22 +12,19 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
-import time
 import uuid
-from collections.abc import Iterator
 
 import httpcore
 import httpx
-import jwt
 import pytest
 import respx
 from flask import Flask
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.app import create_app
-from gateway.config import load_config_text
 from gateway.metrics import method_label, status_label
+from tests.app_support import AppFactory, ClientFactory
+from tests.tokens import mint_token
 
 UPSTREAM = "http://backend.internal:8080"
 FLAKY = "http://flaky.internal:8090"
@@ -117,35 +114,23 @@ routes:
 """
 
 
-def make_app(text: str) -> Flask:
-    return create_app(load_config_text(text, "routes.yaml", {}))
-
-
 @pytest.fixture(autouse=True)
 def _single_process(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    application = make_app(config_text())
-    yield application
-    application.gateway.close()  # type: ignore[attr-defined]
+def app(gateway_app: AppFactory) -> Flask:
+    return gateway_app(config_text())
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def upstream() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as mock:
-        mock.route(host="backend.internal", path="/items/missing").mock(
-            return_value=httpx.Response(404, json={"error": "no such item"})
-        )
-        mock.route(host="backend.internal").mock(return_value=httpx.Response(200, json={}))
-        yield mock
+def upstream(upstream: respx.MockRouter) -> respx.MockRouter:
+    upstream.route(host="backend.internal", path="/items/missing").mock(
+        return_value=httpx.Response(404, json={"error": "no such item"})
+    )
+    upstream.route(host="backend.internal").mock(return_value=httpx.Response(200, json={}))
+    return upstream
 
 
 def value(app: Flask, name: str, **labels: str) -> float:
@@ -164,15 +149,7 @@ def scrape(client: FlaskClient, address: str = "127.0.0.1") -> dict[tuple[str, f
 
 
 def token(*, roles: tuple[str, ...] = (), expires_in: int = 60, secret: str = SECRET) -> str:
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "aud": "gateway",
-        "sub": "u-" + uuid.uuid4().hex,
-        "exp": now + expires_in,
-        "role": list(roles),
-    }
-    return jwt.encode(claims, secret, algorithm="HS256")
+    return mint_token(secret, issuer=ISSUER, audience="gateway", roles=roles, lifetime=expires_in)
 
 
 def fresh_address() -> str:
@@ -388,10 +365,8 @@ def test_an_upstream_error_answer_is_not_an_upstream_error(
 
 
 @pytest.fixture
-def dead_storage_app() -> Iterator[Flask]:
-    application = make_app(config_text(storage=f"redis://127.0.0.1:{closed_port()}/0"))
-    yield application
-    application.gateway.close()  # type: ignore[attr-defined]
+def dead_storage_app(gateway_app: AppFactory) -> Flask:
+    return gateway_app(config_text(storage=f"redis://127.0.0.1:{closed_port()}/0"))
 
 
 def test_storage_failures_on_a_limited_route_are_counted(
@@ -475,26 +450,24 @@ def test_a_client_cannot_claim_an_allowed_address_in_x_forwarded_for(
     assert response.status_code == 403
 
 
-def test_behind_a_trusted_proxy_the_believed_client_address_decides() -> None:
-    app = make_app(config_text().replace("trusted_proxies: 0", "trusted_proxies: 1"))
-    try:
-        client = app.test_client()
-        # The proxy (a private address) relays a public client: refused.
-        response = client.get(
-            "/metrics",
-            headers={"X-Forwarded-For": "203.0.113.7"},
-            environ_base={"REMOTE_ADDR": "10.0.0.2"},
-        )
-        assert response.status_code == 403
-        # The proxy relays a client on the private network: served.
-        response = client.get(
-            "/metrics",
-            headers={"X-Forwarded-For": "10.9.8.7"},
-            environ_base={"REMOTE_ADDR": "10.0.0.2"},
-        )
-        assert response.status_code == 200
-    finally:
-        app.gateway.close()  # type: ignore[attr-defined]
+def test_behind_a_trusted_proxy_the_believed_client_address_decides(
+    gateway_client: ClientFactory,
+) -> None:
+    client = gateway_client(config_text().replace("trusted_proxies: 0", "trusted_proxies: 1"))
+    # The proxy (a private address) relays a public client: refused.
+    response = client.get(
+        "/metrics",
+        headers={"X-Forwarded-For": "203.0.113.7"},
+        environ_base={"REMOTE_ADDR": "10.0.0.2"},
+    )
+    assert response.status_code == 403
+    # The proxy relays a client on the private network: served.
+    response = client.get(
+        "/metrics",
+        headers={"X-Forwarded-For": "10.9.8.7"},
+        environ_base={"REMOTE_ADDR": "10.0.0.2"},
+    )
+    assert response.status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -512,13 +485,12 @@ def test_behind_a_trusted_proxy_the_believed_client_address_decides() -> None:
         ("[]", "127.0.0.1", 403),
     ],
 )
-def test_metrics_allow_replaces_the_default_networks(allow: str, address: str, status: int) -> None:
-    app = make_app(config_text(gateway_extra=f"  metrics_allow: {allow}\n"))
-    try:
-        response = app.test_client().get("/metrics", environ_base={"REMOTE_ADDR": address})
-        assert response.status_code == status
-    finally:
-        app.gateway.close()  # type: ignore[attr-defined]
+def test_metrics_allow_replaces_the_default_networks(
+    gateway_client: ClientFactory, allow: str, address: str, status: int
+) -> None:
+    client = gateway_client(config_text(gateway_extra=f"  metrics_allow: {allow}\n"))
+    response = client.get("/metrics", environ_base={"REMOTE_ADDR": address})
+    assert response.status_code == status
 
 
 @pytest.mark.parametrize("method", ["POST", "PUT", "DELETE"])
@@ -550,19 +522,11 @@ def test_metrics_text_is_prometheus_exposition_with_every_family(
         assert line.isascii()
 
 
-def test_each_app_has_its_own_registry(upstream: respx.MockRouter) -> None:
-    first, second = make_app(config_text()), make_app(config_text())
-    try:
-        first.test_client().get("/api/items/1")
-        assert (
-            value(first, "gateway_requests_total", route="items", method="GET", status="200") == 1
-        )
-        assert (
-            value(second, "gateway_requests_total", route="items", method="GET", status="200") == 0
-        )
-    finally:
-        first.gateway.close()  # type: ignore[attr-defined]
-        second.gateway.close()  # type: ignore[attr-defined]
+def test_each_app_has_its_own_registry(gateway_app: AppFactory, upstream: respx.MockRouter) -> None:
+    first, second = gateway_app(config_text()), gateway_app(config_text())
+    first.test_client().get("/api/items/1")
+    assert value(first, "gateway_requests_total", route="items", method="GET", status="200") == 1
+    assert value(second, "gateway_requests_total", route="items", method="GET", status="200") == 0
 
 
 @pytest.mark.parametrize(

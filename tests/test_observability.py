@@ -18,15 +18,14 @@ from typing import Any
 
 import httpcore
 import httpx
-import jwt
 import pytest
 import respx
 from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.app import create_app
-from gateway.config import load_config_text
 from gateway.observability import request_id_for
+from tests.app_support import AppFactory, ClientFactory
+from tests.tokens import mint_token
 
 UPSTREAM = "http://backend.internal:8080"
 CLOSED = "http://closed.internal:8081"
@@ -96,25 +95,17 @@ routes:
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    application = create_app(load_config_text(CONFIG, "routes.yaml", {}))
-    yield application
-    application.gateway.close()  # type: ignore[attr-defined]
+def app(gateway_app: AppFactory) -> Flask:
+    return gateway_app(CONFIG)
 
 
 @pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
-
-
-@pytest.fixture
-def upstream() -> Iterator[respx.MockRouter]:
-    with respx.mock(assert_all_called=False) as mock:
-        mock.route(host="closed.internal").mock(side_effect=httpcore.ConnectError("refused"))
-        mock.route(host="backend.internal").mock(
-            return_value=httpx.Response(200, content=b'{"ok": true}', headers={"X-Up": "1"})
-        )
-        yield mock
+def upstream(upstream: respx.MockRouter) -> respx.MockRouter:
+    upstream.route(host="closed.internal").mock(side_effect=httpcore.ConnectError("refused"))
+    upstream.route(host="backend.internal").mock(
+        return_value=httpx.Response(200, content=b'{"ok": true}', headers={"X-Up": "1"})
+    )
+    return upstream
 
 
 class Lines(logging.Handler):
@@ -147,9 +138,9 @@ def access() -> Iterator[Lines]:
 
 
 def valid_token() -> str:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": "gateway", "sub": "user-17", "exp": now + 60, "role": []}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
+    return mint_token(
+        SECRET, issuer=ISSUER, audience="gateway", subject="user-17", roles=[], lifetime=60
+    )
 
 
 # --- one line per request, with its fields ---------------------------------------------------
@@ -247,7 +238,7 @@ def test_a_failed_upstream_call_logs_its_kind(
 
 
 def test_a_call_refused_by_the_open_breaker_logs_breaker_open_and_no_upstream_time(
-    access: Lines,
+    gateway_client: ClientFactory, upstream: respx.MockRouter, access: Lines
 ) -> None:
     text = CONFIG.replace(
         "  closed:\n    url: http://closed.internal:8081\n    retries: 0\n",
@@ -255,14 +246,9 @@ def test_a_call_refused_by_the_open_breaker_logs_breaker_open_and_no_upstream_ti
         "    breaker: {failures: 1, open_seconds: 30}\n",
     )
     assert "breaker" in text
-    app = create_app(load_config_text(text, "routes.yaml", {}))
-    try:
-        with respx.mock(assert_all_called=False) as mock:
-            mock.route(host="closed.internal").mock(side_effect=httpcore.ConnectError("refused"))
-            assert app.test_client().get("/closed").status_code == 502
-            assert app.test_client().get("/closed").status_code == 503
-    finally:
-        app.gateway.close()  # type: ignore[attr-defined]
+    client = gateway_client(text)
+    assert client.get("/closed").status_code == 502
+    assert client.get("/closed").status_code == 503
     failed, paused = access.entries()
     assert failed["upstream_error"] == "refused" and failed["upstream_ms"] is not None
     assert paused["upstream_error"] == "breaker_open" and paused["upstream_ms"] is None

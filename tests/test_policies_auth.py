@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -20,8 +19,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jwt.utils import base64url_encode
 
-from gateway.app import create_app
-from gateway.config import load_config_text
+from tests.app_support import AppFactory, ClientFactory
+from tests.tokens import DROP, mint_token
 
 UPSTREAM = "http://users.internal"
 ISSUER = "http://issuer.example"
@@ -86,15 +85,8 @@ routes:
 
 
 @pytest.fixture
-def app() -> Iterator[Flask]:
-    application = create_app(load_config_text(CONFIG, "routes.yaml", {}))
-    yield application
-    application.gateway.close()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def client(app: Flask) -> FlaskClient:
-    return app.test_client()
+def app(gateway_app: AppFactory) -> Flask:
+    return gateway_app(CONFIG)
 
 
 def _echo(request: httpx.Request) -> httpx.Response:
@@ -102,24 +94,26 @@ def _echo(request: httpx.Request) -> httpx.Response:
 
 
 @pytest.fixture
-def upstream() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=UPSTREAM, assert_all_called=False) as mock:
-        mock.route().mock(side_effect=_echo)
-        yield mock
+def upstream_base_url() -> str:
+    return UPSTREAM
+
+
+@pytest.fixture
+def upstream(upstream: respx.MockRouter) -> respx.MockRouter:
+    upstream.route().mock(side_effect=_echo)
+    return upstream
 
 
 def token(**overrides: Any) -> str:
-    now = int(time.time())
-    claims: dict[str, Any] = {
-        "iss": ISSUER,
-        "aud": "gateway",
-        "sub": "user-1",
-        "exp": now + 300,
-        "realm": {"roles": ["member"]},
-        "tenant_id": "acme",
-    }
-    claims.update(overrides)
-    return jwt.encode({k: v for k, v in claims.items() if v is not None}, SECRET, "HS256")
+    return mint_token(
+        SECRET,
+        issuer=ISSUER,
+        audience="gateway",
+        subject="user-1",
+        roles=["member"],
+        roles_claim="realm.roles",
+        **{"tenant_id": "acme", **overrides},
+    )
 
 
 def bearer(value: str) -> dict[str, str]:
@@ -277,25 +271,19 @@ GUARDED_CONFIG = CONFIG + "rate_limits:\n  auth_failures: [2/minute]\n"
 
 @pytest.mark.parametrize("key", [SERVICE_KEY, "not-a-key"], ids=["valid-key", "wrong-key"])
 def test_any_api_key_on_a_jwt_only_route_counts_toward_the_guard(
-    upstream: respx.MockRouter, key: str
+    gateway_client: ClientFactory, upstream: respx.MockRouter, key: str
 ) -> None:
-    app = create_app(load_config_text(GUARDED_CONFIG, "routes.yaml", {}))
-    client = app.test_client()
-    try:
-        for _ in range(2):
-            problem(client.get("/members", headers={"X-API-Key": key}), 401, "unauthorized")
-        # Over auth_failures, even a valid token from that address waits.
-        problem(client.get("/members", headers=bearer(token())), 429, "rate_limited")
-        assert not upstream.calls
-        # Only refused credentials count: an address that sent none is not blocked.
-        other = {"REMOTE_ADDR": "192.0.2.9"}
-        for _ in range(3):
-            problem(client.get("/members", environ_base=other), 401, "unauthorized")
-        assert (
-            client.get("/members", headers=bearer(token()), environ_base=other).status_code == 200
-        )
-    finally:
-        app.gateway.close()  # type: ignore[attr-defined]
+    client = gateway_client(GUARDED_CONFIG)
+    for _ in range(2):
+        problem(client.get("/members", headers={"X-API-Key": key}), 401, "unauthorized")
+    # Over auth_failures, even a valid token from that address waits.
+    problem(client.get("/members", headers=bearer(token())), 429, "rate_limited")
+    assert not upstream.calls
+    # Only refused credentials count: an address that sent none is not blocked.
+    other = {"REMOTE_ADDR": "192.0.2.9"}
+    for _ in range(3):
+        problem(client.get("/members", environ_base=other), 401, "unauthorized")
+    assert client.get("/members", headers=bearer(token()), environ_base=other).status_code == 200
 
 
 def test_valid_and_wrong_keys_on_a_jwt_only_route_share_one_failure_reason(
@@ -397,7 +385,7 @@ SPOOFED = [
 def test_client_sent_identity_headers_never_reach_the_upstream(
     client: FlaskClient, upstream: respx.MockRouter, path: str, expected: dict[str, str]
 ) -> None:
-    headers = [*SPOOFED, ("Authorization", f"Bearer {token(tenant_id=None)}")]
+    headers = [*SPOOFED, ("Authorization", f"Bearer {token(tenant_id=DROP)}")]
     response = client.get(path, headers=headers)
     assert response.status_code == 200
     seen = seen_upstream(upstream)
@@ -482,7 +470,7 @@ def test_roles_claim_is_read_at_its_dotted_path(
     client: FlaskClient, upstream: respx.MockRouter
 ) -> None:
     # `role` at the top is not the configured realm.roles: no role is held.
-    response = client.get("/admin", headers=bearer(token(realm=None, role="admin")))
+    response = client.get("/admin", headers=bearer(token(realm=DROP, role="admin")))
     problem(response, 403, "forbidden")
 
 
@@ -536,20 +524,17 @@ routes:
 """
 
 
-def test_unreachable_signing_keys_are_503_with_retry_after() -> None:
-    app = create_app(load_config_text(JWKS_CONFIG, "routes.yaml", {}))
+def test_unreachable_signing_keys_are_503_with_retry_after(gateway_client: ClientFactory) -> None:
+    client = gateway_client(JWKS_CONFIG)
     header = base64url_encode(json.dumps({"alg": "RS256", "kid": "k1"}).encode())
     payload = base64url_encode(json.dumps({"sub": "u"}).encode())
     unverifiable = f"{header.decode()}.{payload.decode()}.c2ln"
-    try:
-        with respx.mock(assert_all_called=False) as mock:
-            keys = mock.get(f"{ISSUER}/jwks.json").mock(return_value=httpx.Response(500))
-            users = mock.route(host="users.internal").mock(side_effect=_echo)
-            response = app.test_client().get("/members", headers=bearer(unverifiable))
-            body = problem(response, 503, "service_unavailable")
-            assert response.headers["Retry-After"] == "45"
-            assert "jwks" not in json.dumps(body).lower()
-            assert keys.call_count == 1
-            assert not users.calls
-    finally:
-        app.gateway.close()  # type: ignore[attr-defined]
+    with respx.mock(assert_all_called=False) as mock:
+        keys = mock.get(f"{ISSUER}/jwks.json").mock(return_value=httpx.Response(500))
+        users = mock.route(host="users.internal").mock(side_effect=_echo)
+        response = client.get("/members", headers=bearer(unverifiable))
+        body = problem(response, 503, "service_unavailable")
+        assert response.headers["Retry-After"] == "45"
+        assert "jwks" not in json.dumps(body).lower()
+        assert keys.call_count == 1
+        assert not users.calls

@@ -12,7 +12,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,12 +20,10 @@ import httpcore
 import httpx
 import pytest
 import respx
-from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.app import create_app
-from gateway.config import Config, load_config_text
 from gateway.forward.headers import HOP_BY_HOP, IDENTITY_HEADERS
+from tests.app_support import ClientFactory, sent
 
 UPSTREAM = "http://users.internal:8081"
 
@@ -64,38 +62,20 @@ routes:
 """
 
 
-def make_config(**env: str) -> Config:
-    return load_config_text(CONFIG, "routes.yaml", env)
-
-
-AppFactory = Callable[..., FlaskClient]
+@pytest.fixture
+def make_client(gateway_client: ClientFactory) -> ClientFactory:
+    """Test clients of apps built from CONFIG with the given environment."""
+    return lambda **env: gateway_client(CONFIG, environ=env)
 
 
 @pytest.fixture
-def make_client() -> Iterator[AppFactory]:
-    """Test clients of apps built from CONFIG with the given environment; their upstream
-    connection pools are closed at the end of the test."""
-    apps: list[Flask] = []
-
-    def make(**env: str) -> FlaskClient:
-        app = create_app(make_config(**env))
-        apps.append(app)
-        return app.test_client()
-
-    yield make
-    for app in apps:
-        app.gateway.forwarder.close()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def client(make_client: AppFactory) -> FlaskClient:
+def client(make_client: ClientFactory) -> FlaskClient:
     return make_client()
 
 
 @pytest.fixture
-def upstream() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=UPSTREAM, assert_all_called=False) as mock:
-        yield mock
+def upstream_base_url() -> str:
+    return UPSTREAM
 
 
 @pytest.fixture
@@ -104,10 +84,6 @@ def no_pause(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     pauses: list[float] = []
     monkeypatch.setattr("gateway.proxy.time.sleep", pauses.append)
     return pauses
-
-
-def sent(route: respx.Route, index: int = -1) -> httpx.Request:
-    return route.calls[index].request
 
 
 def problem(response: Any) -> dict[str, Any]:
@@ -170,7 +146,7 @@ def test_a_retried_put_sends_the_same_body_every_time(
 
 
 def test_retries_zero_means_one_attempt(
-    upstream: respx.MockRouter, no_pause: list[float], make_client: AppFactory
+    upstream: respx.MockRouter, no_pause: list[float], make_client: ClientFactory
 ) -> None:
     client = make_client(RETRIES="0")
     route = upstream.get("/users/1").mock(side_effect=httpcore.ConnectError("refused"))
@@ -179,7 +155,7 @@ def test_retries_zero_means_one_attempt(
 
 
 def test_a_large_body_is_read_whole_first_so_a_retry_sends_all_of_it(
-    upstream: respx.MockRouter, no_pause: list[float], make_client: AppFactory
+    upstream: respx.MockRouter, no_pause: list[float], make_client: ClientFactory
 ) -> None:
     """Bodies over the in-memory size are spooled to a file and replayed from it."""
     client = make_client(BODY_MEMORY_BYTES="1000")
@@ -335,7 +311,7 @@ def test_forwarded_headers_are_set_from_what_the_gateway_believes(
 
 
 def test_trusted_proxy_chain_is_extended_with_the_peer(
-    upstream: respx.MockRouter, make_client: AppFactory
+    upstream: respx.MockRouter, make_client: ClientFactory
 ) -> None:
     client = make_client(TRUSTED="1")
     route = upstream.get("/users/1").mock(return_value=httpx.Response(200))
@@ -543,7 +519,7 @@ def test_compressed_body_passes_through_untouched(
 
 
 def test_location_of_a_created_resource_is_rewritten(
-    upstream: respx.MockRouter, make_client: AppFactory
+    upstream: respx.MockRouter, make_client: ClientFactory
 ) -> None:
     client = make_client(PUBLIC_URL="https://api.example.com")
     upstream.post("/users").mock(
@@ -672,7 +648,7 @@ def test_head_response_has_no_body(client: FlaskClient, upstream: respx.MockRout
 
 
 def test_forwarder_ignores_the_environment_and_adds_no_fields_of_its_own(
-    monkeypatch: pytest.MonkeyPatch, make_client: AppFactory, upstream: respx.MockRouter
+    monkeypatch: pytest.MonkeyPatch, make_client: ClientFactory, upstream: respx.MockRouter
 ) -> None:
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.invalid:3128")
     monkeypatch.setenv("ALL_PROXY", "http://proxy.invalid:3128")
@@ -700,7 +676,7 @@ def closed_port() -> int:
 
 
 def test_refused_connection_on_loopback_is_retried_then_502(
-    no_pause: list[float], make_client: AppFactory
+    no_pause: list[float], make_client: ClientFactory
 ) -> None:
     client = make_client(USERS_URL=f"http://127.0.0.1:{closed_port()}")
     response = client.get("/api/v1/users/1")
@@ -759,7 +735,7 @@ def loopback() -> Iterator[str]:
 
 
 def test_real_upstream_on_loopback_answers_through_the_gateway(
-    loopback: str, make_client: AppFactory
+    loopback: str, make_client: ClientFactory
 ) -> None:
     client = make_client(USERS_URL=loopback)
     response = client.get("/api/v1/users/a%20b?x=1")
@@ -768,7 +744,7 @@ def test_real_upstream_on_loopback_answers_through_the_gateway(
 
 
 def test_slow_real_upstream_is_504_within_its_timeout(
-    loopback: str, make_client: AppFactory
+    loopback: str, make_client: ClientFactory
 ) -> None:
     client = make_client(USERS_URL=loopback, TIMEOUT="0.2", CONNECT_TIMEOUT="0.2")
     started = time.monotonic()
@@ -783,7 +759,7 @@ def test_slow_real_upstream_is_504_within_its_timeout(
     [("HEAD", {}, 200), ("DELETE", {}, 204), ("GET", {"If-None-Match": '"v1"'}, 304)],
 )
 def test_answers_without_a_body_hand_their_connection_back_to_the_pool(
-    make_client: AppFactory,
+    make_client: ClientFactory,
     loopback: str,
     method: str,
     headers: dict[str, str],

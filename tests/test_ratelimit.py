@@ -9,32 +9,29 @@ exercised through create_app(config).test_client() with the upstream mocked by r
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
 import limits.storage
 import pytest
 import respx
-from flask import Flask
 from flask.testing import FlaskClient
 
-from gateway.app import create_app
 from gateway.config import ConfigError, load_config_text
 from gateway.config.load import parse_rate_limits
 from gateway.config.model import RateLimit, RateLimitSettings
 from gateway.policies.ratelimit import limit_headers
 from gateway.ratelimit import Counters, StorageUnavailable, Verdict
 from gateway.ratelimit_storage import make_storage
+from tests.app_support import ClientFactory
 from tests.integration.redis_support import (
     OwnRedis,
+    address,
     ask,
     command_log,
     delete_counters,
@@ -44,6 +41,7 @@ from tests.integration.redis_support import (
     start_own_sentinel,
     wait_until,
 )
+from tests.tokens import mint_token
 
 STRATEGIES = ["moving-window", "fixed-window", "sliding-window-counter"]
 STORAGES = ["memory", "redis"]
@@ -419,47 +417,36 @@ routes:
 """
 
 
-def make_client(text: str) -> Iterator[FlaskClient]:
-    app: Flask = create_app(load_config_text(text, "routes.yaml", {}))
-    try:
-        yield app.test_client()
-    finally:
-        app.gateway.close()  # type: ignore[attr-defined]
+@pytest.fixture
+def upstream_base_url() -> str:
+    return UPSTREAM
 
 
 @pytest.fixture
-def upstream() -> Iterator[respx.MockRouter]:
-    with respx.mock(base_url=UPSTREAM, assert_all_called=False) as mock:
-        mock.route().mock(return_value=httpx.Response(200, json={"ok": True}))
-        yield mock
+def upstream(upstream: respx.MockRouter) -> respx.MockRouter:
+    upstream.route().mock(return_value=httpx.Response(200, json={"ok": True}))
+    return upstream
 
 
 @pytest.fixture(params=STORAGES)
-def guarded(request: pytest.FixtureRequest) -> Iterator[FlaskClient]:
-    yield from make_client(config_text(storage_uri(request.param)))
+def guarded(request: pytest.FixtureRequest, gateway_client: ClientFactory) -> FlaskClient:
+    return gateway_client(config_text(storage_uri(request.param)))
 
 
 def valid_token(subject: str = "", roles: tuple[str, ...] = ()) -> str:
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "aud": "gateway",
-        "sub": subject or "u-" + uuid.uuid4().hex,
-        "exp": now + 60,
-        "role": list(roles),
-    }
-    return jwt.encode(claims, SECRET, algorithm="HS256")
+    return mint_token(
+        SECRET, issuer=ISSUER, audience="gateway", subject=subject or None, roles=roles, lifetime=60
+    )
 
 
 def forged_token() -> str:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": "gateway", "sub": "admin", "exp": now + 60}
-    return jwt.encode(claims, "another-secret-of-at-least-32-bytes!!", algorithm="HS256")
-
-
-def address() -> str:
-    """A client address no other test uses (the guard counts per address)."""
-    return str(ipaddress.IPv6Address("2001:db8::") + uuid.uuid4().int % 2**64)
+    return mint_token(
+        "another-secret-of-at-least-32-bytes!!",
+        issuer=ISSUER,
+        audience="gateway",
+        subject="admin",
+        lifetime=60,
+    )
 
 
 def get(client: FlaskClient, path: str, ip: str, **headers: str) -> Any:
@@ -546,7 +533,7 @@ def test_guard_spares_a_token_this_worker_already_verified(
 
 
 def test_a_request_costs_one_storage_call_and_the_guard_one_more_unless_spared(
-    upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+    gateway_client: ClientFactory, upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On Redis: the route's limits, however many, are one call; the guard's check is
     one more, skipped for a token this worker already verified."""
@@ -560,41 +547,41 @@ def test_a_request_costs_one_storage_call_and_the_guard_one_more_unless_spared(
         "    auth: [jwt, api_key]\n"
         "    rate_limit: [3/minute, 100/hour]\n"
     )
-    for client in make_client(text):
-        gateway = client.application.gateway  # type: ignore[attr-defined]
-        sent = command_log(gateway.counters, monkeypatch)
-        ip = address()
-        token = f"Bearer {valid_token()}"
+    client = gateway_client(text)
+    gateway = client.application.gateway  # type: ignore[attr-defined]
+    sent = command_log(gateway.counters, monkeypatch)
+    ip = address()
+    token = f"Bearer {valid_token()}"
 
-        assert get(client, "/open", ip).status_code == 200
-        assert sent.take() == ["EVALSHA"]  # a public route: the limit alone
-        assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
-        assert sent.take() == ["EVALSHA", "EVALSHA"]  # a new token: the guard, the limits
-        assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
-        assert sent.take() == ["EVALSHA"]  # verified before: the limits alone
-        assert get(client, f"/{name}", ip, **{"X-API-Key": SERVICE_KEY}).status_code == 200
-        assert sent.take() == ["EVALSHA", "EVALSHA"]  # an API key always meets the guard
-        problem(get(client, f"/{name}", ip), 401, "unauthorized")
-        assert sent.take() == ["EVALSHA"]  # the guard; nothing sent is nothing counted
-        problem(get(client, f"/{name}", ip, Authorization="Bearer x.y.z"), 401, "unauthorized")
-        assert sent.take() == ["EVALSHA", "EVALSHA"]  # the guard, then the failure counted
-        assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
-        assert sent.take() == ["EVALSHA"]
-        refused = get(client, f"/{name}", ip, Authorization=token)
-        problem(refused, 429, "rate_limited")  # the fourth of 3/minute for user:<sub>
-        assert refused.headers["X-RateLimit-Remaining"] == "0"
-        assert sent.take() == ["EVALSHA"]
+    assert get(client, "/open", ip).status_code == 200
+    assert sent.take() == ["EVALSHA"]  # a public route: the limit alone
+    assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
+    assert sent.take() == ["EVALSHA", "EVALSHA"]  # a new token: the guard, the limits
+    assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
+    assert sent.take() == ["EVALSHA"]  # verified before: the limits alone
+    assert get(client, f"/{name}", ip, **{"X-API-Key": SERVICE_KEY}).status_code == 200
+    assert sent.take() == ["EVALSHA", "EVALSHA"]  # an API key always meets the guard
+    problem(get(client, f"/{name}", ip), 401, "unauthorized")
+    assert sent.take() == ["EVALSHA"]  # the guard; nothing sent is nothing counted
+    problem(get(client, f"/{name}", ip, Authorization="Bearer x.y.z"), 401, "unauthorized")
+    assert sent.take() == ["EVALSHA", "EVALSHA"]  # the guard, then the failure counted
+    assert get(client, f"/{name}", ip, Authorization=token).status_code == 200
+    assert sent.take() == ["EVALSHA"]
+    refused = get(client, f"/{name}", ip, Authorization=token)
+    problem(refused, 429, "rate_limited")  # the fourth of 3/minute for user:<sub>
+    assert refused.headers["X-RateLimit-Remaining"] == "0"
+    assert sent.take() == ["EVALSHA"]
     delete_counters(url, name)
 
 
-def test_guard_is_off_with_an_empty_auth_failures_list(upstream: respx.MockRouter) -> None:
-    for client in make_client(config_text("memory://", auth_failures="[]")):
-        ip = address()
-        for _ in range(12):
-            problem(get(client, "/secure", ip, Authorization="Bearer nope"), 401, "unauthorized")
-        assert (
-            get(client, "/secure", ip, Authorization=f"Bearer {valid_token()}").status_code == 200
-        )
+def test_guard_is_off_with_an_empty_auth_failures_list(
+    gateway_client: ClientFactory, upstream: respx.MockRouter
+) -> None:
+    client = gateway_client(config_text("memory://", auth_failures="[]"))
+    ip = address()
+    for _ in range(12):
+        problem(get(client, "/secure", ip, Authorization="Bearer nope"), 401, "unauthorized")
+    assert get(client, "/secure", ip, Authorization=f"Bearer {valid_token()}").status_code == 200
 
 
 def test_guard_defaults_to_ten_a_minute() -> None:
@@ -641,29 +628,29 @@ def test_401_and_403_come_before_the_limit_and_use_none_of_it(
 
 @pytest.mark.parametrize("mode", ["allow", "deny"])
 def test_storage_down_lets_traffic_pass_or_answers_503(
-    mode: str, upstream: respx.MockRouter
+    gateway_client: ClientFactory, mode: str, upstream: respx.MockRouter
 ) -> None:
     text = config_text(
         f"redis://127.0.0.1:{closed_port()}/0", extra=f"  on_storage_error: {mode}\n"
     )
-    for client in make_client(text):
-        ip = address()
-        replies = [get(client, "/open", ip) for _ in range(4)]
-        secure = get(client, "/secure", ip, **{"X-API-Key": SERVICE_KEY})
-        ready = client.get("/readyz")
-        if mode == "allow":
-            assert [r.status_code for r in replies] == [200] * 4
-            assert all("X-RateLimit-Remaining" not in r.headers for r in replies)
-            assert secure.status_code == 200
-            assert ready.status_code == 200
-            assert ready.get_json()["checks"]["rate_limit_storage"].startswith("unreachable")
-        else:
-            for reply in [*replies, secure]:
-                problem(reply, 503, "service_unavailable")
-                assert reply.headers["Retry-After"].isdigit()
-            assert ready.status_code == 503
-            assert ready.get_json()["status"] == "not_ready"
-        assert upstream.calls.call_count == (5 if mode == "allow" else 0)
+    client = gateway_client(text)
+    ip = address()
+    replies = [get(client, "/open", ip) for _ in range(4)]
+    secure = get(client, "/secure", ip, **{"X-API-Key": SERVICE_KEY})
+    ready = client.get("/readyz")
+    if mode == "allow":
+        assert [r.status_code for r in replies] == [200] * 4
+        assert all("X-RateLimit-Remaining" not in r.headers for r in replies)
+        assert secure.status_code == 200
+        assert ready.status_code == 200
+        assert ready.get_json()["checks"]["rate_limit_storage"].startswith("unreachable")
+    else:
+        for reply in [*replies, secure]:
+            problem(reply, 503, "service_unavailable")
+            assert reply.headers["Retry-After"].isdigit()
+        assert ready.status_code == 503
+        assert ready.get_json()["status"] == "not_ready"
+    assert upstream.calls.call_count == (5 if mode == "allow" else 0)
 
 
 # --- configuration ---------------------------------------------------------------------
@@ -707,30 +694,30 @@ def test_each_strategy_loads(strategy: str) -> None:
 
 
 def test_a_request_asks_a_storage_that_just_failed_it_no_more(
-    upstream: respx.MockRouter,
+    gateway_client: ClientFactory, upstream: respx.MockRouter
 ) -> None:
     """The guard's check fails on a dead Redis; the route's limit and the failure count
     then skip the storage, so one request pays its timeout once, not three times."""
     text = config_text(f"redis://127.0.0.1:{closed_port()}/0", extra="  on_storage_error: allow\n")
-    for client in make_client(text):
-        counters = client.application.gateway.counters  # type: ignore[attr-defined]
-        calls: list[str] = []
-        for name in ("test", "hit"):
-            original = getattr(counters, name)
+    client = gateway_client(text)
+    counters = client.application.gateway.counters  # type: ignore[attr-defined]
+    calls: list[str] = []
+    for name in ("test", "hit"):
+        original = getattr(counters, name)
 
-            def counted(
-                *args: object,
-                _name: str = name,
-                _original: object = original,
-                _calls: list[str] = calls,
-            ) -> object:
-                _calls.append(_name)
-                return _original(*args)  # type: ignore[operator]
+        def counted(
+            *args: object,
+            _name: str = name,
+            _original: object = original,
+            _calls: list[str] = calls,
+        ) -> object:
+            _calls.append(_name)
+            return _original(*args)  # type: ignore[operator]
 
-            setattr(counters, name, counted)
-        ip = address()
-        assert get(client, "/secure", ip, **{"X-API-Key": SERVICE_KEY}).status_code == 200
-        assert calls == ["test"]
-        calls.clear()
-        problem(get(client, "/secure", ip, **{"X-API-Key": "wrong"}), 401, "unauthorized")
-        assert calls == ["test"]
+        setattr(counters, name, counted)
+    ip = address()
+    assert get(client, "/secure", ip, **{"X-API-Key": SERVICE_KEY}).status_code == 200
+    assert calls == ["test"]
+    calls.clear()
+    problem(get(client, "/secure", ip, **{"X-API-Key": "wrong"}), 401, "unauthorized")
+    assert calls == ["test"]

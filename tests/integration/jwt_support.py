@@ -19,7 +19,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from ..tokens import DROP, mint_token, set_path
 from .support import (
     LOOPBACK,
     Gateway,
@@ -148,15 +149,39 @@ def signer(key: Any, algorithm: str) -> Callable[[bytes], bytes]:
     return lambda data: key.sign(data, padding.PKCS1v15(), hash_type())
 
 
-DROP = object()  # a claim override that removes the claim
+def hs256_token(
+    secret: str, subject: str | None = None, *, roles: Sequence[str] | None = None
+) -> str:
+    """A token of ISSUER for AUDIENCE that a gateway configured with `secret` accepts;
+    without a subject, one of its own, so no two callers share an identity's budget."""
+    return mint_token(secret, issuer=ISSUER, audience=AUDIENCE, subject=subject, roles=roles)
 
 
-def set_path(claims: dict[str, Any], dotted: str, value: Any) -> None:
-    parts = dotted.split(".")
-    node = claims
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    node[parts[-1]] = value
+def forged_token() -> str:
+    """A well-formed token signed with a secret no gateway has: a bad signature."""
+    return hs256_token(secrets.token_urlsafe(40), "admin")
+
+
+def api_keys_section(keys: Iterable[RawApiKey]) -> dict[str, Any]:
+    """The api_keys config of `keys`: digests only, never the raw keys."""
+    return {
+        "header": API_KEY_HEADER,
+        "keys": [{"id": k.id, "sha256": k.sha256, "roles": list(k.roles)} for k in keys],
+    }
+
+
+def hs256_auth(secret: str, *keys: RawApiKey, **jwt_settings: Any) -> dict[str, Any]:
+    """The auth config of a gateway taking hs256_token(secret, ...) tokens and `keys`."""
+    return {
+        "jwt": {
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "algorithms": ["HS256"],
+            "secret": secret,
+            **jwt_settings,
+        },
+        "api_keys": api_keys_section(keys),
+    }
 
 
 @dataclass
@@ -380,13 +405,7 @@ def auth_config(
                 "leeway": LEEWAY,
                 **jwt_settings,
             },
-            "api_keys": {
-                "header": API_KEY_HEADER,
-                "keys": [
-                    {"id": k.id, "sha256": k.sha256, "roles": list(k.roles)}
-                    for k in api_keys.values()
-                ],
-            },
+            "api_keys": api_keys_section(api_keys.values()),
         },
         "upstreams": {
             "backend": {"url": upstream_url, "connect_timeout": 1.0, "timeout": 2.0, "retries": 0}

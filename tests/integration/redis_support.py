@@ -12,6 +12,7 @@ and Sentinels (start_sentinels), and stop each by its PID.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import shutil
 import signal
@@ -49,6 +50,12 @@ KEY_PREFIX = "LIMITS:LIMITER/"
 def unique(prefix: str) -> str:
     """A route or bucket name no other test (or earlier run) has counted under."""
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def address() -> str:
+    """A client address of the calling test's own, in 2001:db8::/32 (for documentation):
+    the brute-force guard and per-address limits count by client address."""
+    return str(ipaddress.IPv6Address("2001:db8::") + uuid.uuid4().int % 2**64)
 
 
 def _unavailable(reason: str) -> None:

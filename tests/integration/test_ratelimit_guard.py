@@ -9,18 +9,22 @@ The gateway trusts one proxy, so each test speaks from addresses of its own
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
-import time
-import uuid
 from collections.abc import Iterator
 
-import jwt
 import pytest
 
-from .jwt_support import AUDIENCE, ISSUER, RawApiKey, assert_unauthorized, bearer
+from .jwt_support import (
+    RawApiKey,
+    assert_unauthorized,
+    bearer,
+    forged_token,
+    hs256_auth,
+    hs256_token,
+)
 from .redis_support import (
     SHARED_REDIS_URL,
+    address,
     limited_config,
     route,
     shared_redis,  # noqa: F401 - the fixture, used through usefixtures
@@ -38,23 +42,6 @@ GUARDED = unique("guarded")
 OPEN = unique("open")
 
 
-def valid_token() -> str:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": unique("user"), "iat": now, "exp": now + 300}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-def forged_token() -> str:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": "admin", "iat": now, "exp": now + 300}
-    return jwt.encode(claims, secrets.token_urlsafe(40), algorithm="HS256")
-
-
-def address() -> str:
-    """A client address of this test's own: the guard counts per address."""
-    return str(ipaddress.IPv6Address("2001:db8::") + uuid.uuid4().int % 2**64)
-
-
 @pytest.fixture(scope="module")
 def gateway(
     tmp_path_factory: pytest.TempPathFactory, upstream: MisbehavingUpstream
@@ -67,18 +54,7 @@ def gateway(
         ],
         rate_limits={"storage": SHARED_REDIS_URL, "default": [], "auth_failures": ["3/minute"]},
         trusted_proxies=1,
-        auth={
-            "jwt": {
-                "issuer": ISSUER,
-                "audience": AUDIENCE,
-                "algorithms": ["HS256"],
-                "secret": SECRET,
-            },
-            "api_keys": {
-                "header": "X-API-Key",
-                "keys": [{"id": API_KEY.id, "sha256": API_KEY.sha256, "roles": ["service"]}],
-            },
-        },
+        auth=hs256_auth(SECRET, API_KEY),
     )
     started = start_limited_gateway(tmp_path_factory.mktemp("rl-guard"), config, workers=2)
     try:
@@ -106,7 +82,7 @@ def test_three_refused_tokens_block_the_address_even_for_a_valid_token(
         reply = call(gateway, ip, bearer(forged_token()))
         assert_unauthorized(reply, f"/{GUARDED}/x", token_sent=True)
     before = len(upstream.received(f"/up/ok/{GUARDED}/"))
-    assert_blocked(call(gateway, ip, bearer(valid_token())))
+    assert_blocked(call(gateway, ip, bearer(hs256_token(SECRET))))
     assert_blocked(call(gateway, ip, ("X-API-Key", API_KEY.header_value)))
     assert_blocked(call(gateway, ip, bearer(forged_token())))  # 429, not 401
     assert len(upstream.received(f"/up/ok/{GUARDED}/")) == before
@@ -118,13 +94,13 @@ def test_another_address_is_unaffected(gateway: Gateway) -> None:
     blocked, other = address(), address()
     for _ in range(3):
         assert call(gateway, blocked, bearer("not-a-jwt")).status == 401
-    assert_blocked(call(gateway, blocked, bearer(valid_token())))
-    reply = call(gateway, other, bearer(valid_token()))
+    assert_blocked(call(gateway, blocked, bearer(hs256_token(SECRET))))
+    reply = call(gateway, other, bearer(hs256_token(SECRET)))
     assert reply.status == 200, reply.describe()
     # The address the guard counts is the believed one, not what the client prepends.
-    reply = call(gateway, f"{blocked}, {other}", bearer(valid_token()))
+    reply = call(gateway, f"{blocked}, {other}", bearer(hs256_token(SECRET)))
     assert reply.status == 200, reply.describe()
-    assert_blocked(call(gateway, f"{other}, {blocked}", bearer(valid_token())))
+    assert_blocked(call(gateway, f"{other}, {blocked}", bearer(hs256_token(SECRET))))
 
 
 def test_refused_api_keys_count_too(gateway: Gateway) -> None:
@@ -139,7 +115,7 @@ def test_missing_credentials_do_not_count(gateway: Gateway) -> None:
     ip = address()
     for _ in range(6):
         assert_unauthorized(call(gateway, ip), f"/{GUARDED}/x", token_sent=False)
-    reply = call(gateway, ip, bearer(valid_token()))
+    reply = call(gateway, ip, bearer(hs256_token(SECRET)))
     assert reply.status == 200, reply.describe()
     # ... and valid credentials do not either.
     for _ in range(4):

@@ -9,14 +9,12 @@ it. What was counted is read back from Redis itself.
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 
-import jwt
 import pytest
 
-from .jwt_support import AUDIENCE, ISSUER, RawApiKey, bearer
+from .jwt_support import RawApiKey, bearer, hs256_auth, hs256_token
 from .redis_support import (
     SHARED_REDIS_URL,
     counter_keys,
@@ -46,19 +44,6 @@ ROTATING = unique("rotating")
 LAST_HOP = unique("last-hop")
 
 
-def token_for(subject: str) -> str:
-    now = int(time.time())
-    claims = {
-        "iss": ISSUER,
-        "aud": AUDIENCE,
-        "sub": subject,
-        "iat": now,
-        "exp": now + 300,
-        "role": ["member"],
-    }
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
 def config(upstream_url: str, trusted_proxies: int) -> dict[str, object]:
     authed = ["jwt", "api_key"]
     return limited_config(
@@ -76,19 +61,7 @@ def config(upstream_url: str, trusted_proxies: int) -> dict[str, object]:
         ],
         rate_limits={"storage": SHARED_REDIS_URL, "default": [], "auth_failures": []},
         trusted_proxies=trusted_proxies,
-        auth={
-            "jwt": {
-                "issuer": ISSUER,
-                "audience": AUDIENCE,
-                "algorithms": ["HS256"],
-                "secret": SECRET,
-                "roles_claim": "role",
-            },
-            "api_keys": {
-                "header": "X-API-Key",
-                "keys": [{"id": API_KEY.id, "sha256": API_KEY.sha256, "roles": ["service"]}],
-            },
-        },
+        auth=hs256_auth(SECRET, API_KEY, roles_claim="role"),
     )
 
 
@@ -174,8 +147,8 @@ def test_with_one_trusted_proxy_the_last_hop_is_the_key(proxied: Gateway) -> Non
 def test_authenticated_callers_are_counted_by_identity(direct: Gateway) -> None:
     path = f"/{USERS}/x"
     alice, bob = unique("alice"), unique("bob")
-    as_alice = [bearer(token_for(alice))]
-    as_bob = [bearer(token_for(bob))]
+    as_alice = [bearer(hs256_token(SECRET, alice, roles=["member"]))]
+    as_bob = [bearer(hs256_token(SECRET, bob, roles=["member"]))]
     as_key = [("X-API-Key", API_KEY.header_value)]
     assert statuses(direct, path, [as_alice, as_alice]) == [200, 200]
     assert_refused(direct, path, as_alice)
@@ -193,9 +166,12 @@ def test_authenticated_callers_are_counted_by_identity(direct: Gateway) -> None:
 
 def test_rate_limit_key_ip_counts_by_address_even_when_authenticated(direct: Gateway) -> None:
     path = f"/{USERS_BY_IP}/x"
-    alice, bob = bearer(token_for(unique("alice"))), bearer(token_for(unique("bob")))
+    alice, bob = (
+        bearer(hs256_token(SECRET, unique("alice"), roles=["member"])),
+        bearer(hs256_token(SECRET, unique("bob"), roles=["member"])),
+    )
     assert statuses(direct, path, [[alice], [bob]]) == [200, 200]
-    assert_refused(direct, path, [bearer(token_for(unique("carol")))])
+    assert_refused(direct, path, [bearer(hs256_token(SECRET, unique("carol"), roles=["member"]))])
     assert_refused(direct, path, [("X-API-Key", API_KEY.header_value)])
     assert counter_keys(SHARED_REDIS_URL, USERS_BY_IP) == {"ip:127.0.0.1"}
 

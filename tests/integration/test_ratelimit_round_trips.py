@@ -10,20 +10,18 @@ token was verified before.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import jwt
 import pytest
 import redis
 
-from .jwt_support import AUDIENCE, ISSUER, RawApiKey, bearer
+from .jwt_support import RawApiKey, bearer, hs256_auth, hs256_token
 from .redis_support import (
     SHARED_REDIS_URL,
+    address,
     delete_counters,
     limited_config,
     route,
@@ -43,16 +41,6 @@ THREE = unique("rt-three")
 AUTHED = unique("rt-authed")
 WARM = unique("rt-warm")
 NAMES = (ONE, THREE, AUTHED, WARM)
-
-
-def valid_token() -> str:
-    now = int(time.time())
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": unique("user"), "iat": now, "exp": now + 300}
-    return jwt.encode(claims, SECRET, algorithm="HS256")
-
-
-def address() -> str:
-    return str(ipaddress.IPv6Address("2001:db8::") + uuid.uuid4().int % 2**64)
 
 
 class RedisTap:
@@ -106,18 +94,7 @@ def gateway(
             "auth_failures": ["3/minute"],
         },
         trusted_proxies=1,
-        auth={
-            "jwt": {
-                "issuer": ISSUER,
-                "audience": AUDIENCE,
-                "algorithms": ["HS256"],
-                "secret": SECRET,
-            },
-            "api_keys": {
-                "header": "X-API-Key",
-                "keys": [{"id": API_KEY.id, "sha256": API_KEY.sha256, "roles": ["service"]}],
-            },
-        },
+        auth=hs256_auth(SECRET, API_KEY),
     )
     started = start_limited_gateway(
         tmp_path_factory.mktemp("rl-round-trips"), config, workers=1, threads=4
@@ -170,7 +147,7 @@ def test_the_guard_costs_one_more_unless_the_token_was_verified_before(
     gateway: Gateway, tap: RedisTap
 ) -> None:
     ip = address()
-    token = bearer(valid_token())
+    token = bearer(hs256_token(SECRET))
     tap.sent_since_last()
     assert call(gateway, AUTHED, ip, token).status == 200
     assert tap.sent_since_last(AUTHED, ip) == ["EVALSHA", "EVALSHA"]
