@@ -15,12 +15,13 @@ from werkzeug.wrappers import Request, Response
 
 from gateway.breaker import State
 from gateway.clientinfo import client_info, host_warning, require_host
+from gateway.composer import Composer
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.context import RequestContext
 from gateway.cors import Cors, PreflightAnswer, is_preflight
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
-from gateway.endpoints import Credentials, build_endpoints
+from gateway.endpoints import Credentials, Terminals, build_endpoints
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics, method_label, status_label
 from gateway.observability import log_access, request_id_for, setup_logging
@@ -86,7 +87,13 @@ class Gateway:
         auth_failures = config.rate_limits.auth_failures
         self.guard = FailureGuard(auth_failures, self.counters) if auth_failures else None
         credentials = Credentials(self.verifier, self.keyring, self.guard)
-        self.table = RouteTable(build_endpoints(config, self.cors, credentials, self.counters))
+        self.composer = Composer(
+            self.forwarder, self.forwarder.rewriter, config.gateway.compose_concurrency
+        )
+        terminals = Terminals(forward=self.forwarder.forward, compose=self.composer.compose)
+        self.table = RouteTable(
+            build_endpoints(config, self.cors, credentials, self.counters, terminals)
+        )
         self.builtins: dict[str, BuiltinHandler] = {
             "/healthz": Gateway._healthz,
             "/readyz": Gateway._readyz,
@@ -110,7 +117,7 @@ class Gateway:
     def handle(self, req: Request) -> Response:
         ctx = self.context(req, request_id_for(req))
         try:
-            response = self.dispatch(ctx, self.forwarder.forward)
+            response = self.dispatch(ctx)
         except GatewayError as error:
             response = error_response(error, instance=ctx.path, request_id=ctx.request_id)
         except HTTPException as exc:
@@ -132,14 +139,16 @@ class Gateway:
         return response
 
     def close(self) -> None:
+        self.composer.close()
         self.forwarder.close()
         if self.verifier is not None:
             self.verifier.close()
 
-    def dispatch(self, ctx: RequestContext, terminal: Terminal) -> Response:
-        """Every step a request meets, in order, up to `terminal` (forwarding, or what
-        `gateway explain` puts in its place). Raises GatewayError for a request refused
-        before a route's chain; the chain renders its own errors."""
+    def dispatch(self, ctx: RequestContext, terminal: Terminal | None = None) -> Response:
+        """Every step a request meets, in order, up to the route's terminal step
+        (forwarding or composing), or `terminal` in its place (`gateway explain`).
+        Raises GatewayError for a request refused before a route's chain; the chain
+        renders its own errors."""
         req = ctx.request
         require_host(ctx.client)  # RFC 9112 §3.2: 400 for a missing or invalid Host
         reason = unsafe_path_reason(ctx.raw_path)
@@ -158,7 +167,7 @@ class Gateway:
             return builtin(self, ctx)
         match = self.table.match(req.method, ctx.path)
         ctx.route, ctx.params = match.endpoint.spec, match.params
-        return match.endpoint.chain.run(ctx, terminal)
+        return match.endpoint.chain.run(ctx, terminal or match.endpoint.terminal)
 
     def _cors_for(self, ctx: RequestContext) -> Cors:
         """The CORS rules of the matched route (endpoints are in configuration order),
@@ -234,10 +243,16 @@ class Gateway:
             route, method_label(ctx.request.method), status_label(response.status_code)
         ).inc()
         m.request_seconds.labels(route).observe(seconds)
-        if ctx.route is not None and ctx.upstream_ms is not None:
-            m.upstream_seconds.labels(ctx.route.upstream.name).observe(ctx.upstream_ms / 1000)
-        if ctx.upstream_error is not None and ctx.route is not None:
-            m.upstream_errors.labels(ctx.route.upstream.name, ctx.upstream_error).inc()
+        upstream = ctx.route.upstream if ctx.route else None
+        if upstream is not None and ctx.upstream_ms is not None:
+            m.upstream_seconds.labels(upstream.name).observe(ctx.upstream_ms / 1000)
+        if upstream is not None and ctx.upstream_error is not None:
+            m.upstream_errors.labels(upstream.name, ctx.upstream_error).inc()
+        for part in ctx.parts:
+            if part.upstream_ms is not None:
+                m.upstream_seconds.labels(part.upstream).observe(part.upstream_ms / 1000)
+            if part.error is not None:
+                m.upstream_errors.labels(part.upstream, part.error).inc()
         if response.status_code == 429:
             m.rate_limited.labels(route).inc()
         if ctx.auth_failure is not None:
@@ -257,9 +272,20 @@ class Gateway:
             route=ctx.route.config.name if ctx.route else None,
             status=response.status_code,
             duration_ms=round(seconds * 1000, 3),
-            upstream=ctx.route.upstream.name if ctx.route else None,
+            upstream=ctx.route.upstream.name if ctx.route and ctx.route.upstream else None,
             upstream_ms=None if ctx.upstream_ms is None else round(ctx.upstream_ms, 3),
             upstream_error=ctx.upstream_error,
+            parts=[
+                {
+                    "name": p.name,
+                    "upstream": p.upstream,
+                    "status": p.status,
+                    "upstream_ms": None if p.upstream_ms is None else round(p.upstream_ms, 3),
+                    "error": p.error,
+                }
+                for p in ctx.parts
+            ]
+            or None,
             client=ctx.identity.rate_limit_key if ctx.identity else f"ip:{ctx.client.ip}",
             auth_method=ctx.identity.method if ctx.identity else None,
             auth_failure=ctx.auth_failure,

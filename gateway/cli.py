@@ -48,6 +48,11 @@ def _versions_text(route: Route) -> str:
     return "-"
 
 
+def _compose_text(route: Route) -> str:
+    assert route.compose is not None
+    return f"{len(route.compose.parts)} parts within {route.compose.timeout:g} s"
+
+
 def cmd_routes(args: argparse.Namespace) -> int:
     config = _load(args.config)
     header = [
@@ -72,14 +77,19 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 route.name,
                 ",".join(route.methods),
                 route.path,
-                route.upstream,
-                route.upstream_path,
+                route.upstream or "(compose)",
+                route.upstream_path or _compose_text(route),
                 _auth_text(config, index),
                 ",".join(route.roles) or "-",
                 limit + ("" if route.rate_limit_key == "identity" else " per ip"),
                 _versions_text(route),
             ]
         )
+        for part in route.compose.parts if route.compose else ():
+            # Each part on a line of its own, under its route: what it calls, and
+            # whether the answer fails without it.
+            flag = "" if part.required else " (optional)"
+            rows.append([f"  + {part.name}{flag}", "", "", part.upstream, part.path, *[""] * 4])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print(

@@ -22,6 +22,17 @@ if TYPE_CHECKING:
     from gateway.ratelimit import Verdict
 
 
+@dataclass(frozen=True, slots=True)
+class PartOutcome:
+    """How one part of a composed request went, for the access log and metrics."""
+
+    name: str
+    upstream: str
+    status: int  # what the client is told of the part: the upstream's 2xx/4xx or ours
+    upstream_ms: float | None  # None: no answer came (refused, cut, never sent)
+    error: str | None = None  # refused, reset, timeout, bad_response, breaker_open
+
+
 @dataclass(slots=True)
 class RequestContext:
     request: Request
@@ -46,3 +57,4 @@ class RequestContext:
     rate_limit_verdict: Verdict | None = None
     rate_limit_storage_failed: bool = False
     upstream_error: str | None = None  # refused, reset, timeout, bad_response, breaker_open
+    parts: tuple[PartOutcome, ...] = ()  # a composed request's parts, in route order

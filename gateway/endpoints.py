@@ -12,11 +12,10 @@ from gateway.config.model import Config
 from gateway.cors import Cors
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
-from gateway.paths import PathTemplate
 from gateway.policies.auth import Authenticate, FailureGuard
 from gateway.policies.base import Policy
 from gateway.policies.body_limit import BodyLimit
-from gateway.policies.chain import PolicyChain
+from gateway.policies.chain import PolicyChain, Terminal
 from gateway.policies.ratelimit import ApplyRateLimit
 from gateway.policies.roles import RequireRoles
 from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
@@ -28,7 +27,16 @@ from gateway.routing import RouteSpec
 class Endpoint:
     spec: RouteSpec
     chain: PolicyChain
+    terminal: Terminal  # what a request that passed the chain meets: forward or compose
     cors: Cors  # applied to every answer of the route, and answers its preflights
+
+
+@dataclass(frozen=True, slots=True)
+class Terminals:
+    """The terminal steps a route may end in."""
+
+    forward: Terminal
+    compose: Terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +49,11 @@ class Credentials:
 
 
 def build_endpoints(
-    config: Config, default_cors: Cors, credentials: Credentials, counters: Counters
+    config: Config,
+    default_cors: Cors,
+    credentials: Credentials,
+    counters: Counters,
+    terminals: Terminals,
 ) -> list[Endpoint]:
     """One Endpoint per route, in the configuration's order (Endpoint.spec.index)."""
     endpoints = []
@@ -65,12 +77,7 @@ def build_endpoints(
             policies.append(ChooseVersion(route.versions))
         if route.deprecation:
             policies.append(AnnounceDeprecation(route.deprecation))
-        spec = RouteSpec(
-            index=index,
-            config=route,
-            public_template=PathTemplate.parse(route.path),
-            upstream_template=PathTemplate.parse(route.upstream_path),
-            upstream=config.upstreams[route.upstream],
-        )
-        endpoints.append(Endpoint(spec=spec, chain=PolicyChain(policies), cors=cors))
+        spec = RouteSpec.build(index, route, config.upstreams)
+        terminal = terminals.compose if route.compose else terminals.forward
+        endpoints.append(Endpoint(spec, PolicyChain(policies), terminal, cors))
     return endpoints

@@ -9,8 +9,11 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from gateway.app import Gateway
+from gateway.composer import placeholder_values
 from gateway.config import Config, Route
+from gateway.context import RequestContext
 from gateway.observability import request_id_for
+from gateway.placeholders import MissingValue
 from gateway.problems import GatewayError
 
 
@@ -60,7 +63,7 @@ def explain(
             f"params:    {ctx.params or '-'}",
             f"auth:      {'public' if route.is_public else ' or '.join(route.auth)}",
             f"roles:     {', '.join(route.roles) or '-'}",
-            "policies:  " + " -> ".join([*chain.names, "forward"]),
+            "policies:  " + " -> ".join([*chain.names, "compose" if route.compose else "forward"]),
             f"version:   {_version_line(route, ctx.version, request)}",
         ]
         if answer is not passed:
@@ -73,6 +76,8 @@ def explain(
                 f"identity:  {ctx.identity.rate_limit_key} via {ctx.identity.method}, "
                 f"roles {', '.join(ctx.identity.roles) or '-'}"
             )
+        if route.compose is not None:
+            return lines + _parts_lines(gateway, ctx), True
         try:
             url = gateway.forwarder.upstream_url(ctx)
         except GatewayError as error:
@@ -83,6 +88,27 @@ def explain(
         return lines, True
     finally:
         gateway.close()
+
+
+def _parts_lines(gateway: Gateway, ctx: RequestContext) -> list[str]:
+    """Each part's upstream URL as this request fills it, and the headers they share."""
+    assert ctx.route is not None and ctx.route.config.compose is not None
+    forwarder = gateway.forwarder
+    values = placeholder_values(ctx)
+    lines = [f"compose:   {ctx.route.config.compose.timeout:g} s for the whole answer"]
+    for part in ctx.route.parts:
+        flag = "required" if part.config.required else "optional"
+        try:
+            target = forwarder.part_target(part.upstream, part.template.expand(values))
+        except MissingValue as missing:
+            lines.append(f"  part {part.config.name} ({flag}): not called, {missing}")
+            continue
+        lines.append(
+            f"  part {part.config.name} ({flag}): GET {forwarder.url_of(part.upstream, target)}"
+        )
+    lines.append("headers upstream (each part):")
+    lines += [f"  {name}: {value}" for name, value in forwarder.part_headers(ctx)]
+    return lines
 
 
 def _version_line(route: Route, chosen: str | None, request: Request) -> str:

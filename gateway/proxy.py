@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import NoReturn
+from dataclasses import dataclass
 
 import httpcore
 from werkzeug.wrappers import Request, Response
@@ -23,7 +23,14 @@ from gateway.breaker import BreakerOpen, CircuitBreaker, State
 from gateway.config.model import Config, Upstream
 from gateway.context import RequestContext
 from gateway.deadline import deadline_at
-from gateway.forward.headers import REQUEST_OWN, TRACEPARENT, connection_named, header
+from gateway.forward.headers import (
+    PART_DROP,
+    PART_OWN,
+    REQUEST_OWN,
+    TRACEPARENT,
+    connection_named,
+    header,
+)
 from gateway.forward.relay import AFTER_CONNECT
 from gateway.forward.response import client_response
 from gateway.forward.transport import Transport, connection_pool, parse_origin
@@ -44,8 +51,9 @@ _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
 _READ_ALL_BELOW = 64 * 1024
 
 
-class _UpstreamFailed(Exception):
-    """An upstream call that failed: `kind` for metrics, `error` for the client."""
+class UpstreamFailed(Exception):
+    """An upstream call that failed: `kind` for metrics (refused, reset, timeout,
+    bad_response, breaker_open), `error` for the client."""
 
     def __init__(self, kind: str, error: GatewayError) -> None:
         super().__init__(kind)
@@ -73,6 +81,29 @@ def _query(request: Request) -> str:
     # WSGI hands over the bytes as latin-1; anything outside printable ASCII is
     # escaped so the upstream gets the same bytes, legally encoded.
     return "?" + _printable_ascii(raw.encode("latin-1", "replace"))
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An upstream's whole answer to a part's GET."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes  # empty when oversized
+    oversized: bool  # the body was over the part's max_part_bytes
+
+
+def _forwarded_upstream(ctx: RequestContext) -> Upstream:
+    """The upstream of the request's route, which forwards (a composed one does not)."""
+    assert ctx.route is not None and ctx.route.upstream is not None
+    return ctx.route.upstream
+
+
+def _breaker_open(upstream: Upstream, exc: BreakerOpen) -> ServiceUnavailable:
+    return ServiceUnavailable(
+        f"The {upstream.name} service is failing; calls to it are paused.",
+        headers={"Retry-After": str(exc.retry_after)},
+    )
 
 
 class Forwarder:
@@ -112,21 +143,28 @@ class Forwarder:
     def upstream_target(self, ctx: RequestContext) -> bytes:
         """The path and query sent upstream: the route's template filled in, after the
         upstream url's own path."""
-        assert ctx.route is not None
+        upstream = _forwarded_upstream(ctx)
+        template = ctx.upstream_template or ctx.route.upstream_template if ctx.route else None
+        assert template is not None
         try:
-            template = ctx.upstream_template or ctx.route.upstream_template
             path = template.expand(ctx.params)
         except ValueError as exc:
             raise InvalidPath(f"The path cannot be forwarded: {exc}.") from None
-        base = self.origins[ctx.route.upstream.name].base_path
-        return _target(base + path + _query(ctx.request))
+        return self.part_target(upstream, path + _query(ctx.request))
+
+    def part_target(self, upstream: Upstream, path_and_query: str) -> bytes:
+        """A path and query at `upstream`, after the upstream url's own path."""
+        return _target(self.origins[upstream.name].base_path + path_and_query)
 
     def upstream_url(self, ctx: RequestContext) -> str:
         """The whole upstream URL of a request, for people (`gateway explain`)."""
-        assert ctx.route is not None
-        origin = self.origins[ctx.route.upstream.name]
+        return self.url_of(_forwarded_upstream(ctx), self.upstream_target(ctx))
+
+    def url_of(self, upstream: Upstream, target: bytes) -> str:
+        """An upstream URL, for people (`gateway explain`, never a client)."""
+        origin = self.origins[upstream.name]
         where = f"{origin.scheme.decode()}://{origin.host_header.decode()}"
-        return where + self.upstream_target(ctx).decode("ascii")
+        return where + target.decode("ascii")
 
     def request_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.request
@@ -148,17 +186,95 @@ class Forwarder:
         headers += list(ctx.upstream_headers.items())
         return headers
 
+    def part_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
+        """What a composed part is sent: what a forwarded request would carry, less
+        what is about the composed answer's representation (PART_DROP)."""
+        headers = [(n, v) for n, v in self.request_headers(ctx) if n.lower() not in PART_DROP]
+        return headers + list(PART_OWN)
+
+    def fetch(
+        self,
+        upstream: Upstream,
+        target: bytes,
+        headers: list[tuple[str, str]],
+        deadline: float,
+        max_bytes: int,
+    ) -> Fetched:
+        """One GET for a composed part, its body read whole by `deadline` (the route's;
+        the upstream's own is shorter when it is), under the upstream's retries and
+        breaker. Raises UpstreamFailed; ServiceUnavailable when its pool is full."""
+        breaker = self.breakers[upstream.name]
+        refusal = breaker.refusing()
+        if refusal is not None:
+            raise UpstreamFailed("breaker_open", _breaker_open(upstream, refusal))
+        origin = self.origins[upstream.name]
+        raw_headers = [(b"Host", origin.host_header)]
+        raw_headers += [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
+        request = httpcore.Request(
+            b"GET",
+            httpcore.URL(scheme=origin.scheme, host=origin.host, port=origin.port, target=target),
+            headers=raw_headers,
+            extensions={"timeout": origin.timeouts},
+        )
+        try:
+            breaker.before_call()
+        except BreakerOpen as exc:
+            raise UpstreamFailed("breaker_open", _breaker_open(upstream, exc)) from None
+        own_deadline = time.monotonic() + upstream.timeout + upstream.connect_timeout
+        cut_short = deadline < own_deadline
+        deadline = min(deadline, own_deadline)
+        try:
+            response = self._send(
+                self.pools[upstream.name], request, deadline, 1 + upstream.retries, upstream
+            )
+            body, oversized = self._whole_body(response, deadline, upstream, max_bytes)
+        except UpstreamFailed as failure:
+            if failure.kind == "timeout" and cut_short:
+                # The route's deadline, shorter than the upstream's, is not the
+                # upstream's failure: it must not open the breaker for other routes.
+                breaker.abandoned()
+            else:
+                breaker.failed()
+            raise
+        except BaseException:
+            breaker.abandoned()
+            raise
+        if response.status >= 500 and upstream.breaker_on_5xx:
+            breaker.failed()
+        else:
+            breaker.succeeded()
+        return Fetched(response.status, response.headers, body, oversized)
+
+    def _whole_body(
+        self, response: httpcore.Response, deadline: float, upstream: Upstream, max_bytes: int
+    ) -> tuple[bytes, bool]:
+        """The body, or as much as `max_bytes` allows and True when there is more."""
+        try:
+            declared = header(response.headers, b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+                return b"", True
+            body = bytearray()
+            with deadline_at(deadline):
+                for chunk in response.iter_stream():
+                    body += chunk
+                    if len(body) > max_bytes:
+                        return b"", True
+            return bytes(body), False
+        except AFTER_CONNECT as exc:
+            raise self._failed_after_connect(exc, upstream) from None
+        finally:
+            response.close()
+
     def forward(self, ctx: RequestContext) -> Response:
-        route = ctx.route
-        assert route is not None
-        upstream = route.upstream
+        upstream = _forwarded_upstream(ctx)
         origin = self.origins[upstream.name]
         target = self.upstream_target(ctx)
         method = ctx.request.method
         breaker = self.breakers[upstream.name]
         refusal = breaker.refusing()
         if refusal is not None:  # answered before the body is read: nothing to waste
-            self._breaker_open(ctx, refusal)
+            ctx.upstream_error = "breaker_open"
+            raise _breaker_open(upstream, refusal)
         if ctx.body is None:
             # Read whole before the upstream is called: a slow client is answered 408
             # and never spends the upstream's deadline or counts against its breaker.
@@ -187,7 +303,8 @@ class Forwarder:
         try:
             breaker.before_call()
         except BreakerOpen as exc:
-            self._breaker_open(ctx, exc)
+            ctx.upstream_error = "breaker_open"
+            raise _breaker_open(upstream, exc) from None
         deadline = time.monotonic() + upstream.timeout + upstream.connect_timeout
         attempts = 1 + (upstream.retries if method in _IDEMPOTENT else 0)
         started = time.perf_counter()
@@ -199,7 +316,7 @@ class Forwarder:
             finally:
                 body.close()  # sent (or given up on): a spooled upload's file goes
             small_body = self._small_body(method, response, deadline, upstream)
-        except _UpstreamFailed as failure:
+        except UpstreamFailed as failure:
             ctx.upstream_ms = (time.perf_counter() - started) * 1000
             ctx.upstream_error = failure.kind
             breaker.failed()
@@ -213,15 +330,6 @@ class Forwarder:
         else:
             breaker.succeeded()
         return client_response(ctx, response, small_body, deadline, rewriter=self.rewriter)
-
-    @staticmethod
-    def _breaker_open(ctx: RequestContext, exc: BreakerOpen) -> NoReturn:
-        assert ctx.route is not None
-        ctx.upstream_error = "breaker_open"
-        raise ServiceUnavailable(
-            f"The {ctx.route.upstream.name} service is failing; calls to it are paused.",
-            headers={"Retry-After": str(exc.retry_after)},
-        ) from None
 
     def _send(
         self,
@@ -248,14 +356,14 @@ class Forwarder:
                     time.sleep(pause)
                     continue
                 if isinstance(exc, httpcore.ConnectTimeout):
-                    raise _UpstreamFailed(
+                    raise UpstreamFailed(
                         "timeout",
                         UpstreamTimeout(
                             f"The {upstream.name} service did not accept a connection within "
                             f"{upstream.connect_timeout:g} seconds."
                         ),
                     ) from None
-                raise _UpstreamFailed(
+                raise UpstreamFailed(
                     "refused", self._unavailable(upstream, "refused the connection")
                 ) from None
             except httpcore.PoolTimeout:
@@ -267,9 +375,9 @@ class Forwarder:
                 raise self._failed_after_connect(exc, upstream) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _failed_after_connect(self, exc: Exception, upstream: Upstream) -> _UpstreamFailed:
+    def _failed_after_connect(self, exc: Exception, upstream: Upstream) -> UpstreamFailed:
         if isinstance(exc, httpcore.TimeoutException):
-            return _UpstreamFailed(
+            return UpstreamFailed(
                 "timeout",
                 UpstreamTimeout(
                     f"The {upstream.name} service did not answer within its deadline "
@@ -278,7 +386,7 @@ class Forwarder:
             )
         log.warning("upstream %s failed: %s: %s", upstream.name, type(exc).__name__, exc)
         kind = "bad_response" if isinstance(exc, httpcore.ProtocolError) else "reset"
-        return _UpstreamFailed(kind, self._unavailable(upstream, "failed to answer"))
+        return UpstreamFailed(kind, self._unavailable(upstream, "failed to answer"))
 
     def _small_body(
         self, method: str, response: httpcore.Response, deadline: float, upstream: Upstream

@@ -10,28 +10,59 @@ start-up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from gateway.config.model import Route, Upstream
+from gateway.config.model import ComposePart, Route, Upstream
 from gateway.paths import NoMatch, PathMatcher, PathTemplate
+from gateway.placeholders import PartTemplate
 from gateway.problems import MethodNotAllowed, NotFound
+
+
+@dataclass(frozen=True, slots=True)
+class PartSpec:
+    """One part of a composed route made ready to call."""
+
+    config: ComposePart
+    template: PartTemplate
+    upstream: Upstream
 
 
 @dataclass(frozen=True, slots=True)
 class RouteSpec:
     """A configured route made ready to serve: its templates parsed, its upstream
-    found. `index` is its place in the configuration."""
+    found (or, for a composed route, its parts). `index` is its place in the
+    configuration."""
 
     index: int
     config: Route  # the route as configured
     public_template: PathTemplate
-    upstream_template: PathTemplate
-    upstream: Upstream
+    upstream_template: PathTemplate | None  # None: a composed route
+    upstream: Upstream | None  # None: a composed route
+    parts: tuple[PartSpec, ...] = ()
 
     def upstream_path(self, params: dict[str, str]) -> str:
+        assert self.upstream_template is not None, "a composed route has no upstream path"
         return self.upstream_template.expand(params)
+
+    @classmethod
+    def build(cls, index: int, route: Route, upstreams: Mapping[str, Upstream]) -> RouteSpec:
+        public = PathTemplate.parse(route.path)
+        if route.compose is None:
+            assert route.upstream is not None
+            return cls(
+                index,
+                route,
+                public,
+                PathTemplate.parse(route.upstream_path),
+                upstreams[route.upstream],
+            )
+        parts = tuple(
+            PartSpec(part, PartTemplate.parse(part.path, public.params), upstreams[part.upstream])
+            for part in route.compose.parts
+        )
+        return cls(index, route, public, None, None, parts)
 
 
 class Routed(Protocol):

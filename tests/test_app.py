@@ -248,7 +248,8 @@ def test_unexpected_exception_is_a_bare_500_problem(
         raise RuntimeError("psycopg: could not connect to db-1.internal:5432")
 
     gateway: Gateway = app.gateway  # type: ignore[attr-defined]
-    monkeypatch.setattr(gateway.forwarder, "forward", explode)
+    # Raised from inside forwarding, the route's terminal step.
+    monkeypatch.setattr(gateway.forwarder, "request_headers", explode)
     response = client.get("/api/v1/users/1")
     assert response.status_code == 500
     body = problem(response)

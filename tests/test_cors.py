@@ -594,7 +594,8 @@ def test_route_cors_applies_to_an_unexpected_failure(
     def broken(ctx: object) -> None:
         raise RuntimeError("a bug in forwarding")
 
-    monkeypatch.setattr(app.gateway.forwarder, "forward", broken)  # type: ignore[attr-defined]
+    # Raised from inside forwarding, the route's terminal step.
+    monkeypatch.setattr(app.gateway.forwarder, "request_headers", broken)  # type: ignore[attr-defined]
     response = client.get("/partner/1", headers={"Origin": PARTNER})
     assert response.status_code == 500
     assert problem_code(response) == "internal_error"

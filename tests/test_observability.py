@@ -45,6 +45,7 @@ FIELDS = {
     "upstream",
     "upstream_ms",
     "upstream_error",
+    "parts",
     "client",
     "auth_method",
     "auth_failure",

@@ -25,6 +25,8 @@ from gateway.config.model import (
     ApiKey,
     ApiKeySettings,
     AuthSettings,
+    Compose,
+    ComposePart,
     Config,
     CorsSettings,
     Deprecation,
@@ -112,10 +114,31 @@ def parse_rate_limits(texts: list[str]) -> tuple[RateLimit, ...]:
 
 
 def _upstream_path(route: dict[str, Any]) -> str:
+    if "compose" in route:
+        return ""
     versions = route.get("versions")
     if versions:  # the default version's path stands for the route in tables and links
         return str(versions["options"][versions["default"]]["upstream_path"])
     return str(route.get("upstream_path", route["path"]))
+
+
+def _compose(data: dict[str, Any] | None) -> Compose | None:
+    if data is None:
+        return None
+    return Compose(
+        parts=tuple(
+            ComposePart(
+                name=name,
+                upstream=part["upstream"],
+                path=part["path"],
+                required=_get(part, ComposePart, "required"),
+                fields=tuple(part["fields"]) if "fields" in part else None,
+            )
+            for name, part in data["parts"].items()
+        ),
+        timeout=float(_get(data, Compose, "timeout")),
+        max_part_bytes=int(_get(data, Compose, "max_part_bytes")),
+    )
 
 
 def _deprecation(data: dict[str, Any] | None) -> Deprecation | None:
@@ -228,7 +251,7 @@ def _build(document: Document) -> Config:
                 name=r["name"],
                 path=r["path"],
                 methods=share(tuple(r["methods"])),
-                upstream=r["upstream"],
+                upstream=r.get("upstream"),
                 upstream_path=_upstream_path(r),
                 auth=share(() if r["auth"] == "public" else tuple(dict.fromkeys(r["auth"]))),
                 roles=share(tuple(r.get("roles", ()))),
@@ -238,6 +261,7 @@ def _build(document: Document) -> Config:
                 cors=share(_cors_settings({**cors, **r["cors"]})) if "cors" in r else None,
                 deprecation=share(_deprecation(r.get("deprecation"))),
                 versions=share(_versions(r.get("versions"))),
+                compose=_compose(r.get("compose")),
                 location=Location(file, pos.line, pos.column),
             )
         )
@@ -253,6 +277,7 @@ def _build(document: Document) -> Config:
             response_send_timeout=float(_get(gw, GatewaySettings, "response_send_timeout")),
             max_header_bytes=int(_get(gw, GatewaySettings, "max_header_bytes")),
             body_memory_bytes=int(_get(gw, GatewaySettings, "body_memory_bytes")),
+            compose_concurrency=int(_get(gw, GatewaySettings, "compose_concurrency")),
         ),
         cors=_cors_settings(cors),
         auth=AuthSettings(jwt=jwt, api_keys=api_keys),

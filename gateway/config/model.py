@@ -52,6 +52,8 @@ class GatewaySettings:
     response_send_timeout: float = 60.0
     max_header_bytes: int = 65_536
     body_memory_bytes: int = 65_536
+    # Composed routes' part calls in flight at once per worker, all requests together.
+    compose_concurrency: int = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +158,30 @@ class Versions:
 
 
 @dataclass(frozen=True, slots=True)
+class ComposePart:
+    """One upstream call of a composed route; its JSON becomes the member `name`."""
+
+    name: str
+    upstream: str
+    path: str  # a path and query with placeholders (gateway/placeholders.py)
+    required: bool = True
+    fields: tuple[str, ...] | None = None  # None: every top-level member is kept
+
+
+@dataclass(frozen=True, slots=True)
+class Compose:
+    parts: tuple[ComposePart, ...]
+    timeout: float = 5.0  # seconds for the whole answer; the parts run concurrently
+    max_part_bytes: int = 1_048_576
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     path: str
     methods: tuple[str, ...]
-    upstream: str
-    upstream_path: str
+    upstream: str | None  # None: a composed route (`compose`)
+    upstream_path: str  # "" for a composed route
     auth: tuple[AuthMethod, ...] = ()  # empty: public
     roles: tuple[str, ...] = ()
     rate_limit: tuple[RateLimit, ...] | None = None  # None: the default limits apply
@@ -170,6 +190,7 @@ class Route:
     cors: CorsSettings | None = None  # None: the top-level cors settings
     deprecation: Deprecation | None = None  # a deprecated URL version
     versions: Versions | None = None  # header versioning: upstream path per version
+    compose: Compose | None = None  # several upstream calls merged into one answer
     location: Location | None = field(default=None, compare=False)
 
     @property

@@ -1,7 +1,7 @@
 """The rules for `routes` that a JSON Schema cannot state: each route against the rest
-of the file (its upstream, auth and roles), its path templates and versions, its
-deprecation dates, and the table as a whole (names used twice, routes that collide or
-shadow one another).
+of the file (its upstream, auth and roles), its path templates and versions, the
+parts of a composed route, its deprecation dates, and the table as a whole (names used
+twice, routes that collide or shadow one another).
 
 Like the other rules (checks.py), they report every problem with its position,
 tolerate data the schema rejected, and never raise.
@@ -23,6 +23,7 @@ from gateway.config.value_checks import (
     string_items,
 )
 from gateway.paths import NoMatch, PathMatcher, PathTemplate, TemplateError
+from gateway.placeholders import PartTemplate, TemplateProblem
 
 # Answered by the gateway itself, before the route table.
 RESERVED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -66,18 +67,7 @@ class RouteRules:
                         f"route name {name!r} is used twice (first at line {first.line})",
                     )
                 names.setdefault(name, index)
-            upstream = route.get("upstream")
-            if isinstance(upstream, str) and upstream not in upstream_names:
-                hint = difflib.get_close_matches(upstream, upstream_names, n=1)
-                tip = (
-                    f"; did you mean {hint[0]!r}?"
-                    if hint
-                    else (f"; defined: {', '.join(upstream_names)}" if upstream_names else "")
-                )
-                self.fail(
-                    (*at, "upstream"),
-                    f"{label}: upstream {upstream!r} is not defined in upstreams{tip}",
-                )
+            self._upstream_defined((*at, "upstream"), route.get("upstream"), upstream_names, label)
             methods = string_items(route.get("methods"))
             for method in {m for m in methods if methods.count(m) > 1}:
                 self.fail((*at, "methods"), f"{label}: method {method} is listed twice")
@@ -99,6 +89,7 @@ class RouteRules:
             if template and upstream_template:
                 self._same_params((*at, "upstream_path"), template, upstream_template, label)
             self._versions(at, route, template, label)
+            self._compose(at, route, template, upstream_names, label)
             self._deprecation((*at, "deprecation"), route.get("deprecation"), template, label)
             check_roles(self.fail, (*at, "roles"), route.get("roles"), label)
             auth = route.get("auth")
@@ -116,6 +107,83 @@ class RouteRules:
             if template and methods:
                 compiled.append((index, template, methods))
         self._collisions(compiled, routes)
+
+    def _upstream_defined(
+        self, at: Path, upstream: Any, upstream_names: list[str], label: str
+    ) -> None:
+        if not isinstance(upstream, str) or upstream in upstream_names:
+            return
+        hint = difflib.get_close_matches(upstream, upstream_names, n=1)
+        tip = (
+            f"; did you mean {hint[0]!r}?"
+            if hint
+            else (f"; defined: {', '.join(upstream_names)}" if upstream_names else "")
+        )
+        self.fail(at, f"{label}: upstream {upstream!r} is not defined in upstreams{tip}")
+
+    def _compose(
+        self,
+        at: Path,
+        route: dict[str, Any],
+        template: PathTemplate | None,
+        upstream_names: list[str],
+        label: str,
+    ) -> None:
+        """A route forwards to one upstream or composes several, never both; a composed
+        route reads (GET, HEAD), and each part's path is one the gateway can fill safely."""
+        compose = route.get("compose")
+        if compose is None:
+            if "upstream" not in route:
+                self.fail(at, f"{label}: give upstream (forward) or compose (merge parts)")
+            return
+        for key in ("upstream", "upstream_path", "versions"):
+            if key in route:
+                self.fail(
+                    (*at, key),
+                    f"{label}: {key} cannot be given with compose (each part names its "
+                    "upstream and path)",
+                    key=True,
+                )
+        writes = [m for m in string_items(route.get("methods")) if m not in ("GET", "HEAD")]
+        if writes:
+            self.fail(
+                (*at, "methods"),
+                f"{label}: a composed route answers GET and HEAD only, not {', '.join(writes)}",
+            )
+        parts = compose.get("parts") if isinstance(compose, dict) else None
+        if not isinstance(parts, dict):
+            return
+        params = list(template.params) if template else []
+        for name, part in parts.items():
+            where: Path = (*at, "compose", "parts", name)
+            if isinstance(name, str) and name.startswith("_"):
+                self.fail(
+                    where,
+                    f"{label}: part name {name!r}: names starting with _ are reserved for "
+                    "the gateway's own members (_problems)",
+                    key=True,
+                )
+            if not isinstance(part, dict):
+                continue
+            self._upstream_defined(
+                (*where, "upstream"), part.get("upstream"), upstream_names, label
+            )
+            path = part.get("path")
+            if not isinstance(path, str) or template is None:
+                continue
+            try:
+                part_template = PartTemplate.parse(path, params)
+            except TemplateProblem as exc:
+                self.fail((*where, "path"), f"{label}: part {name!r} path {path!r} {exc}")
+                continue
+            if route.get("auth") == "public":
+                for slot in part_template.slots:
+                    if slot.source == "identity":
+                        self.fail(
+                            (*where, "path"),
+                            f"{label}: part {name!r} uses {slot}, but a public route has "
+                            "no caller identity",
+                        )
 
     def _same_params(
         self, at: Path, public: PathTemplate, upstream: PathTemplate, label: str

@@ -107,6 +107,14 @@ GATEWAY = _object(
             "description": "Request bodies up to this size are buffered in memory; larger "
             "ones in a temporary file until the upload is complete (default 65536).",
         },
+        "compose_concurrency": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 10000,
+            "description": "Upstream calls of composed routes in flight at once per "
+            "worker, all requests together; more wait, within their route's timeout "
+            "(default 64).",
+        },
     },
     description="Settings of the gateway process itself.",
 )
@@ -361,6 +369,57 @@ VERSIONS = _object(
     description="Choose the upstream path by a request header (instead of upstream_path).",
 )
 
+PART_NAME = "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+COMPOSE_PART = _object(
+    {
+        "upstream": {"type": "string", "description": "A key of `upstreams`."},
+        "path": {
+            "type": "string",
+            "description": "Path and query at the upstream, with placeholders: {param} "
+            "of the route's path, {identity.sub}, {identity.tenant_id}, "
+            "{identity.consumer_id}, {query.NAME} or {query.NAME:-default}; each value "
+            "is percent-encoded for where it stands.",
+        },
+        "required": {
+            "type": "boolean",
+            "description": "Whether the whole answer fails when this part fails (default "
+            "true); an optional part that fails is null, and named in _problems and "
+            "Gateway-Partial.",
+        },
+        "fields": _strings(
+            "Top-level members of the part's JSON object to keep; absent: all.",
+            minLength=1,
+        ),
+    },
+    required=["upstream", "path"],
+)
+COMPOSE = _object(
+    {
+        "timeout": {
+            **_POSITIVE_NUMBER,
+            "description": "Seconds for the whole answer; the parts run concurrently and "
+            "one still running then is cut (default 5).",
+        },
+        "max_part_bytes": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "Largest body of one part; larger is that part's failure "
+            "(default 1048576).",
+        },
+        "parts": {
+            "type": "object",
+            "minProperties": 1,
+            "maxProperties": 16,
+            "propertyNames": {"pattern": PART_NAME},
+            "additionalProperties": COMPOSE_PART,
+            "description": "Each part by the member name it takes in the answer.",
+        },
+    },
+    required=["parts"],
+    description="Answer with one JSON object merged from several upstream calls "
+    "(instead of `upstream`); GET and HEAD only.",
+)
+
 ROUTE = _object(
     {
         "name": {
@@ -373,7 +432,10 @@ ROUTE = _object(
             "description": "Public path template: /literal/{name}/{rest:path}",
         },
         "methods": {"type": "array", "minItems": 1, "items": {"enum": _METHODS}},
-        "upstream": {"type": "string", "description": "A key of `upstreams`."},
+        "upstream": {
+            "type": "string",
+            "description": "A key of `upstreams` (or `compose` instead).",
+        },
         "upstream_path": {
             "type": "string",
             "description": "Path template at the upstream; may use the "
@@ -409,8 +471,9 @@ ROUTE = _object(
             "description": "This route is a deprecated API version (URL versioning).",
         },
         "versions": VERSIONS,
+        "compose": COMPOSE,
     },
-    required=["name", "path", "methods", "upstream", "auth"],
+    required=["name", "path", "methods", "auth"],
 )
 
 SCHEMA: dict[str, Any] = {

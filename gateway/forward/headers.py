@@ -49,6 +49,24 @@ REQUEST_OWN = (
     | HOP_BY_HOP
     | IDENTITY_HEADERS
 )
+# A composed part is read whole and parsed as JSON by the gateway: the client's
+# representation preferences, conditions and ranges are about the composed answer, not
+# about each part (a 304, a 206 or a gzip body from a part could not be merged).
+PART_DROP = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "range",
+        "if-range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "content-type",
+        "content-encoding",
+    }
+)
+PART_OWN = (("Accept", "application/json"), ("Accept-Encoding", "identity"))
 # Response fields the client must not see from an upstream.
 RESPONSE_DROP = HOP_BY_HOP | {"server", "x-powered-by", "date"}
 ERROR_BODY_FIELDS = frozenset({"content-length", "content-type", "content-encoding"})

@@ -12,6 +12,7 @@ import httpcore
 from werkzeug.datastructures import Headers
 from werkzeug.wrappers import Response
 
+from gateway.config.model import Upstream
 from gateway.context import RequestContext
 from gateway.deadline import deadline_at
 from gateway.forward.headers import (
@@ -53,8 +54,13 @@ def client_response(
         # body it describes (werkzeug would set that of the empty body).
         response.headers = headers
         return response
-    relay = Relay(upstream_response, deadline, ctx.route.upstream.name if ctx.route else "")
+    relay = Relay(upstream_response, deadline, _upstream(ctx).name)
     return RelayedResponse(relay, status=status, headers=headers, direct_passthrough=True)
+
+
+def _upstream(ctx: RequestContext) -> Upstream:
+    assert ctx.route is not None and ctx.route.upstream is not None
+    return ctx.route.upstream
 
 
 def _error_response(
@@ -98,7 +104,7 @@ def _response_headers(
     rewriter: LinkRewriter,
     error: bool,
 ) -> Headers:
-    assert ctx.route is not None
+    upstream = _upstream(ctx)
     raw = upstream_response.headers
     drop = RESPONSE_DROP | connection_named(header_values(raw, b"connection"))
     if error:
@@ -115,21 +121,22 @@ def _response_headers(
         if lowered in drop or lowered.startswith("proxy-"):
             continue
         value = raw_value.decode("latin-1")
-        if lowered == "location":
-            value = rewriter.rewrite(
-                value,
-                upstream=ctx.route.upstream.name,
-                route_index=ctx.route.index,
-                public_base=ctx.public_base,
-                current=ctx.upstream_template,
-            )
-        elif lowered == "link":
-            value = rewriter.rewrite_link_header(
-                value,
-                upstream=ctx.route.upstream.name,
-                route_index=ctx.route.index,
-                public_base=ctx.public_base,
-                current=ctx.upstream_template,
-            )
+        if lowered in ("location", "link"):
+            value = public_link(ctx, rewriter, lowered, value, upstream=upstream.name)
         headers.add(name, value)
     return headers
+
+
+def public_link(
+    ctx: RequestContext, rewriter: LinkRewriter, field: str, value: str, *, upstream: str
+) -> str:
+    """A Location or Link value of `upstream`'s, pointing at the gateway instead."""
+    assert ctx.route is not None
+    rewrite = rewriter.rewrite if field == "location" else rewriter.rewrite_link_header
+    return rewrite(
+        value,
+        upstream=upstream,
+        route_index=ctx.route.index,
+        public_base=ctx.public_base,
+        current=ctx.upstream_template,
+    )
