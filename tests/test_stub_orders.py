@@ -37,13 +37,16 @@ def client() -> FlaskClient:
 
 
 def all_orders(
-    client: FlaskClient, headers: dict[str, str], version: str = "v2"
+    client: FlaskClient, headers: dict[str, str], version: str = "v2", query: str = ""
 ) -> list[dict[str, Any]]:
+    """Every page of the list, with `query` (e.g. "user_id=usr_1") on each request."""
     orders: list[dict[str, Any]] = []
     cursor = None
     while True:
-        query = "limit=200" + (f"&cursor={cursor}" if cursor else "")
-        response = client.get(f"/{version}/orders?{query}", headers=headers)
+        page = (
+            "limit=200" + (f"&{query}" if query else "") + (f"&cursor={cursor}" if cursor else "")
+        )
+        response = client.get(f"/{version}/orders?{page}", headers=headers)
         assert response.status_code == 200, response.get_data(as_text=True)
         body = response.get_json()
         orders += body["data"]
@@ -52,8 +55,14 @@ def all_orders(
             return orders
 
 
-def all_ids(client: FlaskClient, headers: dict[str, str], version: str = "v2") -> list[str]:
-    return [order["id"] for order in all_orders(client, headers, version)]
+def all_ids(
+    client: FlaskClient, headers: dict[str, str], version: str = "v2", query: str = ""
+) -> list[str]:
+    return [order["id"] for order in all_orders(client, headers, version, query)]
+
+
+def owned_by(orders: list[dict[str, Any]], user_id: str) -> list[dict[str, Any]]:
+    return [order for order in orders if order["user_id"] == user_id]
 
 
 def admin_of(tenant: str) -> dict[str, str]:
@@ -242,6 +251,145 @@ def test_a_cursor_works_only_in_the_listing_that_issued_it(client: FlaskClient) 
     for headers in (admin_of("globex"), MEMBER, SERVICE, {}):
         response = client.get(f"/v1/orders?limit=5&cursor={cursor}", headers=headers)
         assert problem(response, 400)["code"] == "invalid_cursor"
+
+
+# --- ?user_id= ---------------------------------------------------------------------
+
+EMPTY = {"data": [], "next_cursor": None}
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_an_admin_lists_one_users_orders_of_their_tenant(client: FlaskClient, version: str) -> None:
+    everything = all_orders(client, ADMIN, version)
+    for user_id in (MEMBER_ID, ADMIN_ID, GUEST_ID):
+        expected = owned_by(everything, user_id)
+        assert 0 < len(expected) < len(everything)
+        assert all_orders(client, ADMIN, version, f"user_id={user_id}") == expected
+    # A user of another tenant: none of theirs in this one, all of them in theirs.
+    other = foreign_order(client)
+    assert all_orders(client, ADMIN, version, f"user_id={other['user_id']}") == []
+    in_their_tenant = admin_of(other["tenant_id"])
+    theirs = all_ids(client, in_their_tenant, version, f"user_id={other['user_id']}")
+    assert theirs == [
+        o["id"] for o in owned_by(all_orders(client, in_their_tenant), other["user_id"])
+    ]
+    assert other["id"] in theirs
+    assert all_orders(client, ADMIN, version, "user_id=usr_nobody") == []
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_member_filtering_gets_their_own_orders_or_an_empty_page(
+    client: FlaskClient, version: str
+) -> None:
+    for headers in (MEMBER, GUEST):  # a guest is no admin either
+        mine = all_orders(client, headers, version)
+        assert mine
+        assert all_orders(client, headers, version, f"user_id={headers['X-User-Id']}") == mine
+    other = foreign_order(client)
+    for user_id, owners_admin in (
+        (ADMIN_ID, ADMIN),
+        (GUEST_ID, ADMIN),
+        (other["user_id"], admin_of(other["tenant_id"])),
+    ):
+        assert all_ids(client, owners_admin, version, f"user_id={user_id}"), "they have orders"
+        for headers in (MEMBER, GUEST):
+            if headers["X-User-Id"] == user_id:
+                continue
+            response = client.get(f"/{version}/orders?user_id={user_id}", headers=headers)
+            assert response.status_code == 200
+            assert response.get_json() == EMPTY
+            assert "Link" not in response.headers
+    nobody = {"X-User-Roles": "member", "X-Tenant-Id": "acme"}  # a role but no user
+    response = client.get(f"/{version}/orders?user_id={MEMBER_ID}", headers=nobody)
+    assert response.get_json() == EMPTY
+
+
+def test_the_service_key_lists_one_users_orders_in_every_tenant(client: FlaskClient) -> None:
+    traveller = {**MEMBER, "X-User-Id": "usr_traveller"}
+    created = []
+    for tenant in ("acme", "globex", "acme"):
+        response = client.post("/v2/orders", json=V2, headers={**traveller, "X-Tenant-Id": tenant})
+        assert response.status_code == 201
+        created.append(response.get_json()["id"])
+    query = "user_id=usr_traveller"
+    assert all_ids(client, SERVICE, "v1", query) == created[::-1]  # newest first
+    assert all_ids(client, {}, "v2", query) == created[::-1]  # a direct call too
+    assert all_ids(client, admin_of("acme"), "v2", query) == [created[2], created[0]]
+    assert all_ids(client, admin_of("globex"), "v2", query) == [created[1]]
+    everything = all_orders(client, SERVICE)
+    owners = {order["user_id"]: order["tenant_id"] for order in everything}
+    assert len(set(owners.values())) >= 2, "the seeded owners span several tenants"
+    for user_id in owners:
+        assert all_orders(client, SERVICE, "v2", f"user_id={user_id}") == owned_by(
+            everything, user_id
+        )
+
+
+def test_a_cursor_works_only_with_the_user_id_that_issued_it(client: FlaskClient) -> None:
+    def first_cursor(headers: dict[str, str], query: str = "") -> str:
+        body = client.get(f"/v2/orders?limit=2{query}", headers=headers).get_json()
+        assert body["next_cursor"], "the listing has more than one page"
+        cursor: str = body["next_cursor"]
+        return cursor
+
+    by_member, by_admin = f"&user_id={MEMBER_ID}", f"&user_id={ADMIN_ID}"
+    issued: dict[tuple[str, str], str] = {}
+    for name, headers in (("admin", ADMIN), ("service", SERVICE)):
+        unfiltered = first_cursor(headers)
+        members = first_cursor(headers, by_member)
+        admins = first_cursor(headers, by_admin)
+        issued[name, by_member] = members
+        for query, cursor in (("", unfiltered), (by_member, members), (by_admin, admins)):
+            response = client.get(f"/v1/orders?limit=2{query}&cursor={cursor}", headers=headers)
+            assert response.status_code == 200, (name, query)
+        for query, cursor in (
+            (by_member, unfiltered),
+            ("", members),
+            (by_admin, members),
+            (by_member, admins),
+        ):
+            response = client.get(f"/v1/orders?limit=2{query}&cursor={cursor}", headers=headers)
+            assert problem(response, 400)["code"] == "invalid_cursor", (name, query)
+    # The same user_id read by an admin and by the service key: two listings.
+    for headers, cursor in (
+        (ADMIN, issued["service", by_member]),
+        (SERVICE, issued["admin", by_member]),
+    ):
+        response = client.get(f"/v2/orders?limit=2{by_member}&cursor={cursor}", headers=headers)
+        assert problem(response, 400)["code"] == "invalid_cursor"
+    # A member's cursor does not page through anyone else's (empty) list.
+    response = client.get(
+        f"/v2/orders?limit=2{by_admin}&cursor={first_cursor(MEMBER)}", headers=MEMBER
+    )
+    assert problem(response, 400)["code"] == "invalid_cursor"
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        ("user_id=", "must not be blank"),
+        ("user_id=%20%20", "must not be blank"),
+        ("user_id=" + "u" * 257, "must be at most 256 characters"),
+        (f"user_id={MEMBER_ID}&user_id={ADMIN_ID}", "must be given once"),
+    ],
+)
+def test_an_unusable_user_id_is_a_422(
+    client: FlaskClient, version: str, query: str, message: str
+) -> None:
+    for headers in (ADMIN, MEMBER, SERVICE):
+        body = problem(client.get(f"/{version}/orders?{query}", headers=headers), 422)
+        assert body["code"] == "validation_failed"
+        assert body["errors"] == [{"field": "user_id", "message": message}]
+
+
+def test_the_longest_user_id_and_one_with_spaces_around_it(client: FlaskClient) -> None:
+    longest = client.get("/v2/orders?user_id=" + "u" * 256, headers=ADMIN)
+    assert longest.status_code == 200
+    assert longest.get_json() == EMPTY
+    expected = [order["id"] for order in owned_by(all_orders(client, ADMIN), MEMBER_ID)]
+    assert expected
+    assert all_ids(client, ADMIN, "v2", f"user_id=%20{MEMBER_ID}%20") == expected
 
 
 def test_a_direct_call_without_identity_sees_everything(client: FlaskClient) -> None:

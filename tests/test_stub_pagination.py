@@ -240,6 +240,50 @@ def test_following_links_walks_everything_once(client: FlaskClient) -> None:
     assert len(seen) == len(set(seen)) == 120
 
 
+# The demo member of orders_app()'s directory (ids depend on the directory's size).
+OWNER_ID = seed.people(seed.DEFAULT_SEED, 20)[1].id
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-User-Id": "usr_admin", "X-User-Roles": "admin", "X-Tenant-Id": seed.DEMO_TENANT},
+        {"X-User-Id": OWNER_ID, "X-User-Roles": "member", "X-Tenant-Id": seed.DEMO_TENANT},
+        {"X-User-Roles": "service", "X-Auth-Method": "api_key", "X-Consumer-Id": "reporting"},
+    ],
+    ids=["admin", "member", "service"],
+)
+def test_following_links_of_one_users_list_walks_their_orders_once(
+    client: FlaskClient, headers: dict[str, str]
+) -> None:
+    everything = client.get("/v2/orders?limit=200").get_json()["data"]
+    expected = [order["id"] for order in everything if order["user_id"] == OWNER_ID]
+    assert 6 < len(expected) < len(everything)
+    seen: list[str] = []
+    url: str | None = f"/v1/orders?user_id={OWNER_ID}&limit=3"
+    pages = 0
+    while url is not None:
+        response = client.get(url, headers=headers)
+        assert response.status_code == 200
+        body = response.get_json()
+        assert 0 < len(body["data"]) <= 3
+        seen += [order["id"] for order in body["data"]]
+        pages += 1
+        if body["next_cursor"] is None:
+            assert "Link" not in response.headers
+            url = None
+            continue
+        match = LINK.match(response.headers.get("Link", ""))
+        assert match is not None
+        target = urlsplit(match.group(1))
+        assert target.path == "/v1/orders"
+        query = parse_qs(target.query)
+        assert query == {"user_id": [OWNER_ID], "limit": ["3"], "cursor": [body["next_cursor"]]}
+        url = match.group(1)
+    assert seen == expected  # newest first, each once, nobody else's
+    assert pages == -(-len(expected) // 3)
+
+
 def test_last_page_has_null_cursor_and_no_link() -> None:
     client = orders_app(count=3).test_client()
     response = client.get("/v2/orders?limit=3")

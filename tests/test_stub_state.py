@@ -10,6 +10,7 @@ from upstream_stub.state import (
     orders_state,
     owner_group,
     tenant_group,
+    user_group,
 )
 
 
@@ -46,10 +47,18 @@ def test_collections_are_keyed_as_the_services_need() -> None:
     assert [o.id for o in orders.page(5, group=owner_group("t", "usr_1")).items] == ["ord_1"]
     assert [o.id for o in orders.page(5, group=tenant_group("t")).items] == ["ord_2", "ord_1"]
     assert [o.id for o in orders.page(5, group=tenant_group("u")).items] == ["ord_3"]
-    assert len(orders.page(5).items) == 4  # an order without a tenant is in no group
+    assert len(orders.page(5).items) == 4  # an order without a tenant is in no tenant's group
+    # One user's orders in every tenant, and outside all of them: what ?user_id= lists
+    # for a reader of every tenant.
+    assert [o.id for o in orders.page(5, group=user_group("usr_1")).items] == [
+        "ord_4",
+        "ord_3",
+        "ord_1",
+    ]
 
 
 def test_group_keys_cannot_be_spelt_by_another_tenant_and_user() -> None:
     assert owner_group("a,b", "c") != owner_group("a", "b,c")
     assert owner_group('a", "b', "c") != owner_group("a", 'b", "c')
     assert tenant_group("acme") != owner_group("acme", "")
+    assert user_group("acme") not in (tenant_group("acme"), owner_group("acme", ""))

@@ -4,7 +4,8 @@ Modules, one concern each:
     app         the app factories (create_users_app, create_orders_app, create_app)
     auth        POST /auth/login, POST /auth/refresh, GET /.well-known/jwks.json
     users       /users and /users/{id}
-    orders      /v1/orders and /v2/orders, scoped to the caller's tenant and role
+    orders      /v1/orders and /v2/orders, scoped to the caller's tenant and role;
+                ?user_id= lists one user's
     pagination  ?limit= rules, HMAC-signed cursors, Link headers
     store       the thread-safe in-memory collection with keyset paging
     seed        the deterministic demo users and orders

@@ -9,6 +9,16 @@ sees every order of their own tenant; any other caller of a tenant (a member) se
 only the orders they own in it; the service key reads every tenant's orders. An
 order the caller may not see is a 404, exactly like one that does not exist, so
 neither ids nor other tenants' orders leak.
+
+GET /v1/orders and /v2/orders take an optional `?user_id=`: only the orders that user
+owns, among those the caller sees, newest first and paged like the whole list. An
+admin gets that user's orders in the admin's tenant, the service key that user's
+orders in every tenant, and a member their own orders, or an empty page for anyone
+else's. A filtered list is a listing (a store group) like the unfiltered ones, so
+its cursors page through that user's orders only and are refused anywhere else: in
+the unfiltered list, or with another user_id (for a member, ?user_id= of themselves
+is their whole list, the same listing). The Link to the next page keeps the filter.
+An empty, blank, repeated or over-long user_id is a 422 problem.
 """
 
 from __future__ import annotations
@@ -19,18 +29,21 @@ from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Response, jsonify, request
 
 from upstream_stub.callers import Caller, current_caller
 from upstream_stub.models import DEFAULT_CURRENCY, Item, Order, new_id
 from upstream_stub.pagination import page_response
 from upstream_stub.problems import Problem
-from upstream_stub.state import orders_state, owner_group, tenant_group
+from upstream_stub.state import orders_state, owner_group, tenant_group, user_group
 from upstream_stub.validation import Errors, integer, json_object, reject_unknown, text
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_AMOUNT_CENTS = 100_000_000_000  # one billion in major units
+# The longest user id the gateway passes on in X-User-Id (its claim limit), so the
+# longest an order's owner can be.
+MAX_USER_ID_CHARS = 256
 _CURRENCY = re.compile(r"^[A-Z]{3}$")
 # The one id no real user or tenant has: what a caller without X-User-Id owns, and
 # the tenant of a caller without X-Tenant-Id (so both list nothing).
@@ -54,14 +67,37 @@ def _deletable(order: Order, caller: Caller) -> bool:
     return caller.writes(order.tenant_id) and _visible(order, caller)
 
 
-def _group(caller: Caller) -> str | None:
-    """The listing a caller pages through: None for every order."""
+def _group(caller: Caller, user_id: str | None = None) -> str | None:
+    """The listing a caller pages through: None for every order.
+
+    With `user_id`, only the orders that user owns among those the caller sees.
+    """
     if caller.every_tenant:
-        return None
+        return None if user_id is None else user_group(user_id)
     tenant = caller.tenant_id or _NOBODY
     if caller.admin:
-        return tenant_group(tenant)
-    return owner_group(tenant, caller.user_id or _NOBODY)
+        return tenant_group(tenant) if user_id is None else owner_group(tenant, user_id)
+    own = caller.user_id or _NOBODY
+    if user_id is not None and user_id != own:
+        # A member sees only their own orders, so none of anyone else's: an empty
+        # listing, not an error, and not that user's orders.
+        own = _NOBODY
+    return owner_group(tenant, own)
+
+
+def _user_filter() -> str | None:
+    """The owner ?user_id= asks for, None without one; a 422 if it is not usable."""
+    values = request.args.getlist("user_id")
+    if not values:
+        return None
+    errors = Errors()
+    if len(values) > 1:
+        errors.add("user_id", "must be given once")
+    else:
+        text({"user_id": values[0]}, "user_id", errors, max_chars=MAX_USER_ID_CHARS)
+    errors.raise_any()
+    # Stripped, as the X-User-Id an order's owner was taken from is.
+    return values[0].strip()
 
 
 def _not_found(order_id: str) -> Problem:
@@ -164,13 +200,15 @@ _TOTALS = {"v1": _v1_total, "v2": _v2_total}
 
 @blueprint.get("/<any(v1, v2):version>/orders")
 def list_orders(version: str) -> Response:
+    """A page of the orders the caller sees; ?user_id= keeps one user's (see _group)."""
     state = orders_state()
+    user_id = _user_filter()
     return page_response(
         state.orders,
         "orders",
         state.cursors,
         REPRESENTATIONS[version],
-        group=_group(current_caller()),
+        group=_group(current_caller(), user_id),
     )
 
 

@@ -4,10 +4,12 @@
 400. `?cursor=` is opaque: base64url of the last item's position (created_at, id)
 and the collection it belongs to, followed by an HMAC-SHA256 tag, so a client can
 neither forge a position nor carry a cursor over to another collection. The tag also
-covers the listing's scope (one tenant's records, one owner's), so a cursor works
-only in the listing that issued it, never in another tenant's. Pages are
-newest first and each page starts strictly after the previous page's last item
-(keyset pagination), which is what makes concurrent inserts harmless.
+covers the listing's scope (one tenant's records, one owner's, one user's in every
+tenant), so a cursor works only in the listing that issued it, never in another
+tenant's. Pages are newest first and each page starts strictly after the previous
+page's last item (keyset pagination), which is what makes concurrent inserts
+harmless. The Link to the next page keeps the request's other query parameters (a
+filter such as ?user_id=), with limit and cursor set for that page.
 """
 
 from __future__ import annotations

@@ -43,10 +43,20 @@ def owner_group(tenant_id: str, user_id: str) -> str:
     return json.dumps(["owner", tenant_id, user_id])
 
 
+def user_group(user_id: str) -> str:
+    """The group of one user's records in every tenant (and in none): what a reader
+    of every tenant lists when it asks for one user's."""
+    return json.dumps(["user", user_id])
+
+
 def _order_groups(order: Order) -> tuple[str, ...]:
     if order.tenant_id is None:  # outside every tenant: only cross-tenant readers see it
-        return ()
-    return (tenant_group(order.tenant_id), owner_group(order.tenant_id, order.user_id))
+        return (user_group(order.user_id),)
+    return (
+        tenant_group(order.tenant_id),
+        owner_group(order.tenant_id, order.user_id),
+        user_group(order.user_id),
+    )
 
 
 def new_users_collection() -> Collection[User]:
