@@ -26,7 +26,10 @@ from upstream_stub.state import orders_state
 
 SECRET = b"s" * 32
 LINK = re.compile(r'^<([^>]+)>; rel="next"$')
-MEMBER_ID = seed.people(seed.DEFAULT_SEED, 0)[1].id
+# The seeded ids depend on how many users are generated: this is the member of the
+# property walk's app (5 users), who owns some of its seeded orders.
+WALK_USERS = 5
+MEMBER_ID = seed.people(seed.DEFAULT_SEED, WALK_USERS)[1].id
 
 
 def orders_app(count: int = 120, users: int = 20) -> Flask:
@@ -328,7 +331,7 @@ def visible_ids(app: Flask, member: bool) -> set[str]:
 def test_a_walk_with_concurrent_inserts_returns_each_initial_item_exactly_once(
     initial: int, member: bool, steps: list[tuple[int, str, list[bool]]]
 ) -> None:
-    app = orders_app(count=initial, users=5)
+    app = orders_app(count=initial, users=WALK_USERS)
     client = app.test_client()
     tenant = {"X-Tenant-Id": seed.DEMO_TENANT}
     headers = (
@@ -367,3 +370,11 @@ def test_a_walk_with_concurrent_inserts_returns_each_initial_item_exactly_once(
             break
     assert len(seen) == len(set(seen)), "an item was returned twice"
     assert set(seen) == at_start, "the walk must return exactly the items there at its start"
+
+
+def test_the_walks_member_owns_seeded_orders() -> None:
+    """Without seeded orders of their own, a member's walk would start empty and prove
+    nothing about the member's listing."""
+    app = orders_app(count=80, users=WALK_USERS)
+    mine = visible_ids(app, member=True)
+    assert mine and mine < visible_ids(app, member=False)
