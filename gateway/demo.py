@@ -88,6 +88,10 @@ def banner(gateway_url: str) -> str:
         f"curl -s -i '{gateway_url}/api/orders?limit=2' -H \"Authorization: Bearer $TOKEN\" "
         "-H 'Accept-Version: 2'"
     )
+    dashboard = (
+        f"curl -s -i '{gateway_url}/api/v1/me/dashboard?limit=3' "
+        '-H "Authorization: Bearer $TOKEN"'
+    )
     lines = [
         "",
         f"The gateway is up at {gateway_url}. Paste these lines into a shell:",
@@ -105,6 +109,8 @@ def banner(gateway_url: str) -> str:
         v1,
         "# orders, version 2 by header",
         v2,
+        "# one request, two upstream calls: the caller's profile and latest orders",
+        dashboard,
         "",
         "Press Ctrl-C to stop all three.",
         "",

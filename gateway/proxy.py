@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpcore
-from werkzeug.wrappers import Request, Response
+from werkzeug.wrappers import Response
 
 from gateway.breaker import BreakerOpen, CircuitBreaker, State
 from gateway.config.model import Config, Upstream
@@ -33,6 +33,7 @@ from gateway.forward.headers import (
 )
 from gateway.forward.relay import AFTER_CONNECT
 from gateway.forward.response import client_response
+from gateway.forward.target import client_query, request_target
 from gateway.forward.transport import Transport, connection_pool, parse_origin
 from gateway.problems import (
     GatewayError,
@@ -59,28 +60,6 @@ class UpstreamFailed(Exception):
         super().__init__(kind)
         self.kind = kind
         self.error = error
-
-
-def _target(path_and_query: str) -> bytes:
-    """The request target as bytes; anything outside printable ASCII escaped, as a
-    client library would (the paths are re-encoded already: this is belt and braces)."""
-    if path_and_query.isascii() and path_and_query.isprintable() and " " not in path_and_query:
-        return path_and_query.encode("ascii")
-    return _printable_ascii(path_and_query.encode("utf-8")).encode("ascii")
-
-
-def _printable_ascii(data: bytes) -> str:
-    """Bytes outside printable ASCII percent-escaped, the rest as they are."""
-    return "".join(chr(b) if 0x21 <= b <= 0x7E else f"%{b:02X}" for b in data)
-
-
-def _query(request: Request) -> str:
-    raw: str = request.environ.get("QUERY_STRING", "")
-    if not raw:
-        return ""
-    # WSGI hands over the bytes as latin-1; anything outside printable ASCII is
-    # escaped so the upstream gets the same bytes, legally encoded.
-    return "?" + _printable_ascii(raw.encode("latin-1", "replace"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +129,11 @@ class Forwarder:
             path = template.expand(ctx.params)
         except ValueError as exc:
             raise InvalidPath(f"The path cannot be forwarded: {exc}.") from None
-        return self.part_target(upstream, path + _query(ctx.request))
+        return self.part_target(upstream, path + client_query(ctx.request))
 
     def part_target(self, upstream: Upstream, path_and_query: str) -> bytes:
         """A path and query at `upstream`, after the upstream url's own path."""
-        return _target(self.origins[upstream.name].base_path + path_and_query)
+        return request_target(self.origins[upstream.name].base_path + path_and_query)
 
     def upstream_url(self, ctx: RequestContext) -> str:
         """The whole upstream URL of a request, for people (`gateway explain`)."""

@@ -174,7 +174,7 @@ class RouteRules:
             try:
                 part_template = PartTemplate.parse(path, params)
             except TemplateProblem as exc:
-                self.fail((*where, "path"), f"{label}: part {name!r} path {path!r} {exc}")
+                self.fail((*where, "path"), f"{label}: part {name!r}: path {path!r}: {exc}")
                 continue
             if route.get("auth") == "public":
                 for slot in part_template.slots:

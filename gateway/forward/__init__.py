@@ -1,2 +1,3 @@
-"""The pieces of forwarding that gateway/proxy.py puts together: header policy,
-the transport to each upstream, the client's answer and the relay of its body."""
+"""The pieces of forwarding that gateway/proxy.py puts together: header policy, the
+request target, the transport to each upstream, the client's answer and the relay of
+its body."""

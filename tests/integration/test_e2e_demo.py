@@ -373,6 +373,16 @@ def test_banner_lines_work_as_printed_and_ctrl_c_stops_all(
     assert new.header("Deprecation") is None, outputs[v2]
     assert all(set(o["total"]) == {"amount_cents", "currency"} for o in new.json()["data"])
 
+    dashboard = _which(commands, "/api/v1/me/dashboard")
+    composed = _parse_curl_i(outputs[dashboard])
+    assert composed.status == 200 and composed.header("Gateway-Partial") is None, outputs[dashboard]
+    merged = composed.json()
+    assert set(merged) == {"profile", "orders"}, outputs[dashboard]
+    assert set(merged["profile"]) == {"id", "name", "email", "role", "tenant_id"}
+    assert merged["profile"]["email"] == "admin@example.com"
+    assert len(merged["orders"]["data"]) == 3  # the admin owns seeded orders: ?limit=3
+    assert all(o["user_id"] == merged["profile"]["id"] for o in merged["orders"]["data"])
+
     seen = "\n".join(outputs).lower()
     for address in upstream_addresses([ports.users, ports.orders]):
         assert address.lower() not in seen, f"upstream address {address} in the output"
