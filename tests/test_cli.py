@@ -424,3 +424,59 @@ def test_serve_refuses_an_invalid_config_before_binding(
     code, out, err = run(capsys, "serve", "-c", write(tmp_path, BROKEN), "--port", "1")
     assert code == 1
     assert "unknown key 'retires'" in out + err
+
+
+# --- composed routes --------------------------------------------------------------------------
+
+COMPOSED = (
+    ROUTES
+    + """\
+  - name: overview
+    path: /api/v1/users/{user_id}/overview
+    methods: [GET]
+    auth: public
+    compose:
+      timeout: 2
+      parts:
+        user: {upstream: users, path: "/users/{user_id}"}
+        orders:
+          upstream: orders
+          path: "/orders?user_id={user_id}&limit={query.limit:-5}"
+          required: false
+"""
+)
+
+
+def test_routes_lists_a_composed_route_with_each_part(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "routes", "-c", write(tmp_path, COMPOSED))
+    assert code == 0
+    lines = out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("overview "))
+    assert "(compose)" in lines[at] and "2 parts within 2 s" in lines[at]
+    assert lines[at + 1].split() == ["+", "user", "users", "/users/{user_id}"]
+    assert lines[at + 2].split() == [
+        "+",
+        "orders",
+        "(optional)",
+        "orders",
+        "/orders?user_id={user_id}&limit={query.limit:-5}",
+    ]
+
+
+def test_explain_shows_each_part_as_the_request_fills_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, COMPOSED)
+    code, out, _ = run(
+        capsys, "explain", "-c", path, "GET", "/api/v1/users/a%20b%3F/overview?limit=2%26x%3D1"
+    )
+    assert code == 0
+    assert "-> compose" in out
+    assert "part user (required): GET http://127.0.0.1:8081/users/a%20b%3F" in out
+    assert (
+        "part orders (optional): GET "
+        "http://127.0.0.1:8082/svc/orders?user_id=a%20b%3F&limit=2%26x%3D1" in out
+    )
+    assert "Accept-Encoding: identity" in out
