@@ -62,6 +62,7 @@ LOGIN = "/api/v1/auth/login"
 REFRESH = "/api/v1/auth/refresh"
 EXPECTED_429 = "auth.login (expected 429)"
 PAGE_SIZE = 20  # what a screen shows
+DASHBOARD_ORDERS = 5  # the latest orders the dashboard shows
 EXPORT_PAGE_SIZE = 100  # what a batch job asks for
 MAX_PAGES = 20  # bound on every paging loop
 LOGIN_ATTEMPTS = 3  # per session, each after the Retry-After of a 429
@@ -178,6 +179,28 @@ def v2_order(response: ResponseContextManager, order: Any) -> str | None:
 
 
 ORDER_SHAPES: dict[str, Check] = {"v1": v1_order, "v2": v2_order}
+
+
+def dashboard_check(response: ResponseContextManager, body: Any) -> str | None:
+    """The whole composed answer: a partial one means a part failed under load."""
+    if _header(response, "Gateway-Partial"):
+        return f"partial answer: {_header(response, 'Gateway-Partial')} failed"
+    if not isinstance(body, dict) or set(body) != {"profile", "orders"}:
+        return "not {profile, orders}"
+    profile, orders = body["profile"], body["orders"]
+    if not isinstance(profile, dict) or not {"id", "email"} <= profile.keys():
+        return "profile without id and email"
+    if not isinstance(orders, dict) or not isinstance(orders.get("data"), list):
+        return "orders is not a page"
+    if len(orders["data"]) > DASHBOARD_ORDERS:
+        return "more orders than asked for"
+    for order in orders["data"]:
+        if order.get("user_id") != profile["id"]:
+            return "an order of someone else on the dashboard"
+        complaint = v2_order(response, order)
+        if complaint:
+            return complaint
+    return None
 
 
 def problem(code: str) -> Check:
@@ -414,6 +437,11 @@ class FrontendUser(GatewayClient):
         if seen:
             user_id = random.choice(seen)["id"]
             self.get(f"/api/v1/users/{user_id}", "users.get", _same_id(user_id))
+
+    @task(3)
+    def dashboard(self) -> None:
+        """The first screen: profile and latest orders, one composed request."""
+        self.get(f"/api/v1/me/dashboard?limit={DASHBOARD_ORDERS}", "me.dashboard", dashboard_check)
 
     @task(3)
     def orders_v2(self) -> None:

@@ -84,7 +84,7 @@ def test_short_load_run(tmp_path: Path) -> None:
     rows = summary_table(run.stdout)
     method, requests, failures, *_ = rows["Aggregated"]
     assert int(requests) > 0 and int(failures) == 0, output
-    assert {"users.list", "orders.v2.list", "auth.login"} <= rows.keys(), output
+    assert {"users.list", "orders.v2.list", "auth.login", "me.dashboard"} <= rows.keys(), output
     with open(results / "locust_final_stats.csv", newline="") as handle:
         stats = {row["Name"]: row for row in csv.DictReader(handle)}
     assert stats["Aggregated"]["Request Count"] == requests
