@@ -122,6 +122,9 @@ class Composer:
         route = ctx.route
         assert route is not None and route.config.compose is not None
         settings = route.config.compose
+        # A GET may carry a body: read (and dropped) first, as a forwarded request's is,
+        # so a slow one is the client's 408 and nothing is left on the connection.
+        self.forwarder.request_body(ctx)
         deadline = time.monotonic() + settings.timeout
         values = placeholder_values(ctx)
         headers = self.forwarder.part_headers(ctx)

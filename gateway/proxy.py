@@ -42,7 +42,7 @@ from gateway.problems import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from gateway.request_body import read_body
+from gateway.request_body import BufferedBody, read_body
 from gateway.rewrite import LinkRewriter
 
 log = logging.getLogger("gateway.proxy")
@@ -165,6 +165,20 @@ class Forwarder:
         headers += list(ctx.upstream_headers.items())
         return headers
 
+    def request_body(self, ctx: RequestContext) -> BufferedBody:
+        """The client's body, read whole before any upstream is called: a slow client
+        is answered 408 and never spends an upstream's deadline or counts against its
+        breaker, and no unread bytes are left on the connection."""
+        if ctx.body is None:
+            settings = self.config.gateway
+            ctx.body = read_body(
+                ctx.request,
+                max_bytes=settings.max_body_bytes,
+                memory_bytes=settings.body_memory_bytes,
+                timeout=settings.request_body_timeout,
+            )
+        return ctx.body
+
     def part_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         """What a composed part is sent: what a forwarded request would carry, less
         what is about the composed answer's representation (PART_DROP)."""
@@ -254,17 +268,7 @@ class Forwarder:
         if refusal is not None:  # answered before the body is read: nothing to waste
             ctx.upstream_error = "breaker_open"
             raise _breaker_open(upstream, refusal)
-        if ctx.body is None:
-            # Read whole before the upstream is called: a slow client is answered 408
-            # and never spends the upstream's deadline or counts against its breaker.
-            settings = self.config.gateway
-            ctx.body = read_body(
-                ctx.request,
-                max_bytes=settings.max_body_bytes,
-                memory_bytes=settings.body_memory_bytes,
-                timeout=settings.request_body_timeout,
-            )
-        body = ctx.body
+        body = self.request_body(ctx)
         headers = self.request_headers(ctx)
         if body.size or method in ("POST", "PUT", "PATCH"):
             headers.append(("Content-Length", str(body.size)))
