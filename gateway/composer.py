@@ -37,6 +37,7 @@ from werkzeug.wrappers import Response
 from gateway.context import PartOutcome, RequestContext
 from gateway.forward.headers import header, header_values
 from gateway.forward.response import public_link
+from gateway.headers import PARTIAL_HEADER
 from gateway.placeholders import MissingValue, PlaceholderValues
 from gateway.problems import (
     BadRequest,
@@ -52,7 +53,6 @@ from gateway.proxy import Forwarder, UpstreamFailed
 from gateway.rewrite import LinkRewriter
 from gateway.routing import PartSpec
 
-PARTIAL_HEADER = "Gateway-Partial"
 PROBLEMS_MEMBER = "_problems"
 _PART_PROBLEM_MEMBERS = ("type", "title", "status", "code", "detail")
 

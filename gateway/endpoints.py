@@ -6,12 +6,14 @@ Nothing here runs per request; app.py matches a request to its Endpoint and runs
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from gateway.config.model import Config
 from gateway.cors import Cors
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
+from gateway.headers import PARTIAL_HEADER
 from gateway.policies.auth import Authenticate, FailureGuard
 from gateway.policies.base import Policy
 from gateway.policies.body_limit import BodyLimit
@@ -59,6 +61,15 @@ def build_endpoints(
     endpoints = []
     for index, route in enumerate(config.routes):
         cors = Cors(route.cors) if route.cors else default_cors
+        exposed = {name.lower() for name in cors.settings.expose_headers}
+        if route.compose and PARTIAL_HEADER.lower() not in exposed:
+            # A partial answer says so in this header: browser code must be able to read it.
+            settings = cors.settings
+            cors = Cors(
+                dataclasses.replace(
+                    settings, expose_headers=(*settings.expose_headers, PARTIAL_HEADER)
+                )
+            )
         policies: list[Policy] = [BodyLimit(config.gateway)]
         if not route.is_public:
             policies.append(

@@ -14,3 +14,7 @@ def add_vary(response: Response, *names: str) -> None:
     lowered = {t.lower() for t in tokens}
     tokens += [n for n in names if n.lower() not in lowered]
     response.headers["Vary"] = ", ".join(tokens)
+
+
+# Set on a composed route's partial answer, naming the parts that failed.
+PARTIAL_HEADER = "Gateway-Partial"

@@ -22,8 +22,12 @@ ISSUER, AUDIENCE = "https://issuer.test", "gateway"
 USERS = "http://users.internal"
 ORDERS = "http://orders.internal/base"
 
+ORIGIN = "https://app.example.test"
 CONFIG = f"""\
 version: 1
+cors:
+  allow_origins: ["{ORIGIN}"]
+  expose_headers: [X-Request-ID]
 auth:
   jwt: {{issuer: "{ISSUER}", audience: {AUDIENCE}, algorithms: [HS256], secret: "{SECRET}"}}
   api_keys:
@@ -206,6 +210,19 @@ def test_each_way_a_part_fails_has_its_problem(
     problem = response.get_json()["_problems"]["orders"]
     assert (problem["status"], problem["code"]) == (status, code)
     assert "db-7.internal" not in response.get_data(as_text=True)
+
+
+def test_browsers_may_read_that_an_answer_is_partial(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    user_answers(upstream, httpx.Response(200, json=PROFILE))
+    orders_answer(upstream, httpx.Response(500))
+    response = client.get("/api/me/dashboard", headers={**bearer(), "Origin": ORIGIN})
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    exposed = response.headers["Access-Control-Expose-Headers"].split(", ")
+    assert {"X-Request-ID", "Gateway-Partial"} <= set(exposed)
+    forwarded = client.get("/api/v2/orders", headers={**bearer(), "Origin": ORIGIN})
+    assert "Gateway-Partial" not in forwarded.headers.get("Access-Control-Expose-Headers", "")
 
 
 def test_a_body_over_max_part_bytes_is_a_failure(
