@@ -10,6 +10,9 @@ Every target serves `GET` of one seeded user from the same users stub:
     jwt           + RS256 JWT (public_key_file, verified-token cache at its default)
     jwt+redis     + a rate limit on Redis (moving window, a limit never reached)
     all           + roles, API keys, CORS, header versions (a deprecated version)
+    compose       gateway, public route as `none`, composing 3 parts: one JSON object
+                  {users_a, users_b, users_c} from 3 concurrent calls of GET /users/<id>,
+                  one upstream each (all three the same stub)
     all@1000      `all` with 1,000 routes in the table (`all` has 10)
     all@10000     `all` with 10,000 routes
 
@@ -25,6 +28,12 @@ Accept-Version on all of them). Two measurements per target:
   median over the rounds. One request in 50 asks for `Connection: close` and its
   connection is opened again: gunicorn's workers accept connections unevenly, and a
   closed loop that never reconnects can leave one worker with all of them.
+
+`compose` is reported besides the goals, not as one: its p50 at concurrency 1 against
+three times direct's, what a client making the three calls one after the other would
+wait (its own round trips not even counted). Its parts are required, so a part that
+fails makes the whole answer fail and counts as an error; its first answer must be
+whole (no `Gateway-Partial`) with exactly the three members, or the bench stops.
 
 The load generator is wrk when it is installed (it costs far less CPU than the servers
 it measures), else a small asyncio client in this file. Gateway and passthrough run
@@ -76,7 +85,9 @@ ISSUER = "https://issuer.bench.invalid"
 AUDIENCE = "gateway"
 ORIGIN = "http://localhost:3000"
 API_KEY = "bench-service-key"
-POLICY_VARIANTS = ("none", "jwt", "jwt+redis", "all")
+POLICY_VARIANTS = ("none", "jwt", "jwt+redis", "all", "compose")
+COMPOSE_PARTS = ("users_a", "users_b", "users_c")  # part names = their upstreams' names
+PARTIAL_HEADER = "Gateway-Partial"  # gateway/composer.py: an optional part failed
 LATENCY_BLOCK = 100  # sequential requests per target and turn at concurrency 1
 LATENCY_SKIP = 10  # requests not counted at the start of each turn
 REDIS_LIMIT = "1000000/minute"  # never reached: every request pays for the check alone
@@ -635,15 +646,17 @@ def gateway_config(
     strategy: str,
     bucket: str,
 ) -> dict[str, Any]:
+    upstream = {"url": stub_url, "connect_timeout": 1.0, "timeout": 10.0, "retries": 1}
+    # `compose`: one upstream per part, all the same stub, and no `users` (its fillers
+    # point at the first part's upstream).
+    names = COMPOSE_PARTS if variant == "compose" else ("users",)
     config: dict[str, Any] = {
         "version": 1,
         "gateway": {"trusted_proxies": 0},
-        "upstreams": {
-            "users": {"url": stub_url, "connect_timeout": 1.0, "timeout": 10.0, "retries": 1}
-        },
+        "upstreams": {name: dict(upstream) for name in names},
     }
     policies: dict[str, Any] = {"auth": "public"}
-    if variant != "none":
+    if variant not in ("none", "compose"):
         config["auth"] = {
             "jwt": {
                 "issuer": ISSUER,
@@ -687,7 +700,17 @@ def gateway_config(
         "upstream": "users",
         **policies,
     }
-    if variant == "all":
+    if variant == "compose":
+        # Required parts (the default): a part that fails fails the whole answer, so a
+        # partial answer can never pass for a measured one.
+        del bench_route["upstream"]
+        bench_route["compose"] = {
+            "timeout": 10.0,
+            "parts": {
+                name: {"upstream": name, "path": "/users/{user_id}"} for name in COMPOSE_PARTS
+            },
+        }
+    elif variant == "all":
         bench_route["versions"] = {
             "header": "Accept-Version",
             "default": "2",
@@ -706,9 +729,32 @@ def gateway_config(
     else:
         bench_route["upstream_path"] = "/users/{user_id}"
     fillers = [_filler_route(i, policies["auth"]) for i in range(routes - 1)]
+    if variant == "compose":
+        fillers = [{**f, "upstream": COMPOSE_PARTS[0]} for f in fillers]
     middle = len(fillers) // 2
     config["routes"] = [*fillers[:middle], bench_route, *fillers[middle:]]
     return config
+
+
+def compose_problem(head: str, body: str) -> str | None:
+    """What is wrong with a composed 200 answer, or None when it is whole and holds
+    exactly the members COMPOSE_PARTS, each a JSON object."""
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == PARTIAL_HEADER.lower():
+            return f"a partial answer ({PARTIAL_HEADER}: {value.strip()}): a part failed"
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "the body is not JSON"
+    if not isinstance(data, dict):
+        return "the body is not a JSON object"
+    if sorted(data) != sorted(COMPOSE_PARTS):
+        return f"members {sorted(data)}, expected exactly {sorted(COMPOSE_PARTS)}"
+    empty = [name for name in COMPOSE_PARTS if not isinstance(data[name], dict)]
+    if empty:
+        return f"parts {empty} are not JSON objects"
+    return None
 
 
 # -- the bench -----------------------------------------------------------------------------
@@ -778,7 +824,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default=env("BENCH_VARIANTS", ",".join(POLICY_VARIANTS)),
-        help="gateway policy variants, comma-separated (default none,jwt,jwt+redis,all)",
+        help="gateway policy variants, comma-separated (default none,jwt,jwt+redis,all,compose)",
     )
     p.add_argument(
         "--routes",
@@ -919,7 +965,9 @@ class Bench:
 
     def check(self, target: Target, attempts: int = 3) -> None:
         """One request first: 200, and the headers that show the policies ran (a few
-        tries, as a busy machine can make the first Redis call miss its deadline)."""
+        tries, as a busy machine can make the first Redis call miss its deadline). A
+        composed answer must be whole (no `Gateway-Partial`) and hold exactly the three
+        parts: the figures of a partial one would be meaningless."""
         for attempt in range(1, attempts + 1):
             status, head, body = http_get(target.server.port, target.path, self.headers)
             names = {line.split(":", 1)[0].strip().lower() for line in head.split("\r\n")[1:]}
@@ -929,11 +977,22 @@ class Bench:
             if target.variant == "all":
                 checks["cors"] = "access-control-allow-origin" in names
                 checks["deprecation"] = "deprecation" in names
+            problem = None
+            if target.variant == "compose" and status == 200:
+                problem = compose_problem(head, body)
+                checks["whole_answer"] = PARTIAL_HEADER.lower() not in names
+                checks["parts"] = problem is None
             failed = [k for k, v in checks.items() if v is False]
             if status == 200 and not failed:
                 target.checks = checks
                 return
             if attempt == attempts:
+                if problem is not None:
+                    raise BenchError(
+                        f"{target.name}: GET {target.path}: {problem}; the figures of a "
+                        f"partial or malformed composed answer would be meaningless:\n"
+                        f"{head}\n{body[:500]}"
+                    )
                 raise BenchError(
                     f"{target.name}: GET {target.path} answered {status}, without "
                     f"{failed or 'nothing'}:\n{head}\n{body[:500]}"
@@ -1086,6 +1145,10 @@ class Bench:
                     "ratelimit_storage_errors": self.storage_errors(t),
                 }
             )
+            if t.variant == "compose":
+                rows[-1]["compose"] = compose_figures(
+                    percentile(lat, 0.5), percentile(direct_c1, 0.5)
+                )
         return {
             "bench": "gateway",
             "schema": 1,
@@ -1198,6 +1261,32 @@ class Bench:
         return goals
 
 
+def compose_figures(c1_p50_ms: float, direct_c1_p50_ms: float) -> dict[str, Any]:
+    """A composed target's p50 at concurrency 1 against what a client calling the
+    parts' resource directly, one call after the other, would wait: 3 x direct's p50
+    (its own round trips between the calls not even counted). From the rounded
+    figures, so that the JSON adds up."""
+    c1, direct = round(c1_p50_ms, 3), round(direct_c1_p50_ms, 3)
+    sequence = round(len(COMPOSE_PARTS) * direct, 3)
+    return {
+        "parts": len(COMPOSE_PARTS),
+        "c1_p50_ms": c1,
+        "direct_c1_p50_ms": direct,
+        "three_direct_in_sequence_ms": sequence,
+        "ratio_vs_three_direct": round(c1 / sequence, 3) if sequence > 0 else None,
+    }
+
+
+def compose_line(name: str, figures: dict[str, Any]) -> str:
+    """The line printed after the goals for a composed target (a figure, not a goal)."""
+    ratio = figures["ratio_vs_three_direct"]
+    return (
+        f"{name}: p50 {figures['c1_p50_ms']:.2f} ms at concurrency 1 for {figures['parts']} "
+        f"parts, against {figures['parts']} direct calls in sequence "
+        f"{figures['three_direct_in_sequence_ms']:.2f} ms ({_fmt(ratio, '.2f')}x)"
+    )
+
+
 def _round(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -1241,6 +1330,9 @@ def table(result: dict[str, Any]) -> str:
     lines.append("")
     for g in result["goals"]:
         lines.append(f"{'met    ' if g['met'] else 'NOT met'}  {g['text']}")
+    for row in result["targets"]:
+        if "compose" in row:
+            lines.append(compose_line(row["name"], row["compose"]))
     return "\n".join(lines)
 
 

@@ -6,14 +6,24 @@ import json
 import os
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import yaml
+
+from gateway.config.load import load_config_text
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "loadtests" / "bench.py"
+sys.path.insert(0, str(BENCH.parent))
+import bench  # noqa: E402  (loadtests/bench.py: a script, not a package)
+
 REDIS_URL = "redis://127.0.0.1:6379/0"
-TARGETS = ["direct", "passthrough", "none", "jwt", "jwt+redis", "all", "all@100"]
+TARGETS = ["direct", "passthrough", "none", "jwt", "jwt+redis", "all", "compose", "all@100"]
+PARTS = ["users_a", "users_b", "users_c"]
 
 
 def _redis_problem() -> str | None:
@@ -28,6 +38,103 @@ def _redis_problem() -> str | None:
     except redis.RedisError as exc:
         return f"{REDIS_URL} does not answer PING ({exc})"
     return None
+
+
+def _compose_config(routes: int, tmp_path: Path) -> dict[str, object]:
+    url = "http://127.0.0.1:9"
+    return bench.gateway_config("compose", routes, url, tmp_path / "k.pem", REDIS_URL, "", "")
+
+
+def test_compose_variant_is_none_with_three_parts_one_upstream_each(tmp_path: Path) -> None:
+    none = bench.gateway_config("none", 10, "http://127.0.0.1:9", tmp_path / "k.pem", "", "", "")
+    config = load_config_text(yaml.safe_dump(_compose_config(10, tmp_path)), "bench.yaml")
+    assert sorted(config.upstreams) == PARTS
+    route = next(r for r in config.routes if r.name == "bench.users.get")
+    assert route.path == "/api/v1/users/{user_id}" and route.upstream is None
+    assert route.auth == () and route.rate_limit is None  # public, as `none`
+    assert route.compose is not None
+    assert [(p.name, p.upstream, p.path, p.required) for p in route.compose.parts] == [
+        (name, name, "/users/{user_id}", True) for name in PARTS
+    ]
+    assert len(config.routes) == 10
+    # Same policies as `none`: nothing else at the top level.
+    assert set(_compose_config(10, tmp_path)) == set(none)
+
+
+def test_compose_is_a_default_variant_and_not_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BENCH_VARIANTS", raising=False)
+    monkeypatch.delenv("BENCH_SWEEP_VARIANT", raising=False)
+    args = bench.parse_args([])
+    assert args.variants == ["none", "jwt", "jwt+redis", "all", "compose"]
+    assert args.sweep_variant == "all"
+    assert bench.parse_args(["--variants", "compose"]).variants == ["compose"]
+
+
+def test_compose_problem_refuses_partial_or_incomplete_answers() -> None:
+    head = "HTTP/1.1 200 OK\r\nContent-Type: application/json"
+    whole = json.dumps({name: {"id": "usr_1"} for name in PARTS})
+    assert bench.compose_problem(head, whole) is None
+    partial = json.dumps({"users_a": {}, "users_b": None, "users_c": {}, "_problems": {}})
+    problem = bench.compose_problem(head + "\r\nGateway-Partial: users_b", partial)
+    assert problem is not None and "partial" in problem and "users_b" in problem
+    problem = bench.compose_problem(head, json.dumps({"users_a": {}, "users_b": {}}))
+    assert problem is not None and "expected exactly" in problem
+    assert bench.compose_problem(head, "not json") == "the body is not JSON"
+
+
+class _Composed(BaseHTTPRequestHandler):
+    """Answers like a composed route whose users_b part failed (were it optional)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = json.dumps({"users_a": {}, "users_b": None, "users_c": {}, "_problems": {}})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Gateway-Partial", "users_b")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def partial_server() -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Composed)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_check_stops_the_bench_on_a_partial_composed_answer(
+    partial_server: int, tmp_path: Path
+) -> None:
+    server = bench.Server("gateway compose", [], partial_server, tmp_path / "log", 2)
+    target = bench.Target("compose", "gateway", "compose", 10, server, "/api/v1/users/u1")
+    with pytest.raises(bench.BenchError, match="partial answer \\(Gateway-Partial: users_b\\)"):
+        bench.Bench(bench.parse_args([]), tmp_path).check(target, attempts=1)
+    assert target.checks == {}
+
+
+def test_compose_figures_and_line() -> None:
+    figures = bench.compose_figures(3.1004, 0.3734)
+    assert figures == {
+        "parts": 3,
+        "c1_p50_ms": 3.1,
+        "direct_c1_p50_ms": 0.373,
+        "three_direct_in_sequence_ms": 1.119,
+        "ratio_vs_three_direct": 2.77,
+    }
+    assert bench.compose_line("compose", figures) == (
+        "compose: p50 3.10 ms at concurrency 1 for 3 parts, against 3 direct calls in "
+        "sequence 1.12 ms (2.77x)"
+    )
 
 
 @pytest.mark.integration
@@ -74,11 +181,38 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
         "cors": True,
         "deprecation": True,
     }
-    for name in ("none", "all@100", "passthrough"):
+    assert by_name["compose"]["checks"] == {
+        "status": 200,
+        "whole_answer": True,
+        "parts": True,
+    }
+    for name in ("none", "compose", "all@100", "passthrough"):
         memory = by_name[name]["memory"]
         assert memory["workers"] == 2 and memory["max_rss_mib"] > 0, memory
         assert by_name[name]["startup_s"] > 0
     assert by_name["all@100"]["routes"] == 100
+    assert by_name["compose"]["routes"] == 10 and by_name["compose"]["variant"] == "compose"
+
+    # The composed target: its c1 p50 against three direct calls one after the other.
+    assert [t["name"] for t in result["targets"] if "compose" in t] == ["compose"]
+    compose = by_name["compose"]["compose"]
+    assert set(compose) == {
+        "parts",
+        "c1_p50_ms",
+        "direct_c1_p50_ms",
+        "three_direct_in_sequence_ms",
+        "ratio_vs_three_direct",
+    }, compose
+    assert compose["parts"] == 3
+    assert compose["c1_p50_ms"] == by_name["compose"]["latency_c1"]["p50_ms"]
+    assert compose["direct_c1_p50_ms"] == by_name["direct"]["latency_c1"]["p50_ms"] > 0
+    assert compose["three_direct_in_sequence_ms"] == pytest.approx(
+        3 * compose["direct_c1_p50_ms"], abs=0.0015
+    )
+    assert compose["ratio_vs_three_direct"] == pytest.approx(
+        compose["c1_p50_ms"] / compose["three_direct_in_sequence_ms"], abs=0.0015
+    )
+    assert compose["ratio_vs_three_direct"] > 0
 
     goals = {g["name"]: g for g in result["goals"]}
     assert set(goals) == {
@@ -96,3 +230,12 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
         assert f"\n{name} " in done.stdout, done.stdout
     for goal in goals.values():
         assert goal["text"] in done.stdout, done.stdout
+    # The compose figure: one line after the goals, not a goal of its own.
+    line = (
+        f"compose: p50 {compose['c1_p50_ms']:.2f} ms at concurrency 1 for 3 parts, against "
+        f"3 direct calls in sequence {compose['three_direct_in_sequence_ms']:.2f} ms "
+        f"({compose['ratio_vs_three_direct']:.2f}x)"
+    )
+    assert line in done.stdout, done.stdout
+    after_goals = done.stdout.split(list(goals.values())[-1]["text"], 1)[1]
+    assert line in after_goals, done.stdout
