@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -286,7 +287,9 @@ def _json_bytes(body: bytes, content_type: str, fields: tuple[str, ...] | None) 
     if media_type != "application/json" and not media_type.endswith("+json"):
         return None
     try:
-        value = json.loads(body.decode("utf-8"))
+        # NaN and Infinity are Python's, not JSON's (RFC 8259): a browser could not
+        # parse the merged answer.
+        value = json.loads(body.decode("utf-8"), parse_constant=_not_json)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if fields is None:
@@ -294,7 +297,27 @@ def _json_bytes(body: bytes, content_type: str, fields: tuple[str, ...] | None) 
     if not isinstance(value, dict):
         return None
     kept = {name: value[name] for name in fields if name in value}
-    return json.dumps(kept, ensure_ascii=False, separators=(",", ":")).encode()
+    return json.dumps(kept, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+# One link-value of a Link field: <URI> and its parameters, up to the comma before the
+# next one (RFC 8288 §3; a comma may stand inside <...> and inside quoted strings).
+_LINK_VALUE = re.compile(r'\s*(<[^>]*>(?:[^",<]|"(?:[^"\\]|\\.)*")*)')
+
+
+def _anchored(field: str, part: str) -> str:
+    """Each link-value of a part's Link field, with the part's member as its context
+    (RFC 8288 §3.2 anchor): a parameter belongs to the one link-value it follows."""
+    values = [m.group(1).rstrip() for m in _LINK_VALUE.finditer(field)]
+    anchored = [
+        v if re.search(r";\s*anchor\s*=", v, re.IGNORECASE) else f'{v}; anchor="#/{part}"'
+        for v in values
+    ]
+    return ", ".join(anchored)
 
 
 def _answer(ctx: RequestContext, results: list[PartResult]) -> Response:
@@ -318,7 +341,7 @@ def _answer(ctx: RequestContext, results: list[PartResult]) -> Response:
     headers: Headers = response.headers
     for result in results:
         for link in result.links:
-            headers.add("Link", f'{link}; anchor="#/{result.spec.config.name}"')
+            headers.add("Link", _anchored(link, result.spec.config.name))
     if failed:
         headers[PARTIAL_HEADER] = ",".join(r.spec.config.name for r in failed)
         # A partial answer must not be kept by any cache: the next one may be whole.

@@ -333,6 +333,35 @@ def test_links_of_a_part_point_at_the_gateway_with_the_part_as_anchor(
     assert "orders.internal" not in str(response.headers)
 
 
+def test_every_link_of_a_part_gets_the_part_as_anchor(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    user_answers(upstream, httpx.Response(200, json=PROFILE))
+    field = (
+        f'<{ORDERS}/v2/orders?cursor=a,b>; rel="next", '
+        f'<{ORDERS}/v2/orders>; rel="first"; title="first, page"'
+    )
+    orders_answer(upstream, httpx.Response(200, json=ORDERS_PAGE, headers={"Link": field}))
+    response = client.get("/api/me/dashboard", headers=bearer())
+    assert response.headers["Link"] == (
+        '<http://localhost/api/v2/orders?cursor=a,b>; rel="next"; anchor="#/orders", '
+        '<http://localhost/api/v2/orders>; rel="first"; title="first, page"; anchor="#/orders"'
+    )
+
+
+def test_nan_and_infinity_are_not_json(client: FlaskClient, upstream: respx.MockRouter) -> None:
+    user_answers(upstream, httpx.Response(200, json=PROFILE))
+    orders_answer(
+        upstream,
+        httpx.Response(
+            200, content=b'{"v": NaN, "w": -Infinity}', headers={"Content-Type": "application/json"}
+        ),
+    )
+    response = client.get("/api/me/dashboard", headers=bearer())
+    assert response.get_json()["_problems"]["orders"]["status"] == 502
+    assert b"NaN" not in response.get_data()
+
+
 def test_head_answers_the_headers_of_get_without_a_body(
     client: FlaskClient, upstream: respx.MockRouter
 ) -> None:

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 SLOW_SECONDS = 4.0  # longer than any upstream timeout the tests configure
+DELAY_SECONDS = 0.3  # the `delay` behaviour's pause before it echoes
 DRIP_INTERVAL = 0.2
 DRIP_LIMIT_SECONDS = 30.0  # a dripping response gives up after this, whatever happens
 IDLE_LIMIT_SECONDS = 30.0  # an idle keep-alive connection is closed after this
@@ -56,6 +57,14 @@ PROBLEM_422 = {
     ],
     "balance": 30,
 }
+HTML_200 = (
+    "<!doctype html><html><head><title>Welcome</title></head><body>"
+    f"<p>Served by {INTERNAL_HOST}</p></body></html>"
+).encode()
+JSON_ARRAY = [1, 2, 3]
+JSON_NAN_BODY = b'{"value": NaN, "limit": Infinity}'
+BIG_JSON_CHUNKS = 16  # the `big-json` behaviour: this many chunks of BIG_JSON_CHUNK_SIZE
+BIG_JSON_CHUNK_SIZE = 1024
 JSON_404 = {
     "error": "user 42 not found",
     "debug": f"SELECT * FROM users WHERE id=42 on {INTERNAL_HOST}",
@@ -234,6 +243,12 @@ def _echo(handler: _Handler, conn: _Connection, received: Received) -> bool:
     return True
 
 
+def _delay(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    """The echo, DELAY_SECONDS late."""
+    conn.pause(DELAY_SECONDS)
+    return _echo(handler, conn, received)
+
+
 def _slow(handler: _Handler, conn: _Connection, received: Received) -> bool:
     conn.pause(SLOW_SECONDS)
     conn.send(_full("200 OK", b'{"late": true}', [("Content-Type", "application/json")]))
@@ -394,6 +409,46 @@ def _problem422(handler: _Handler, conn: _Connection, received: Received) -> boo
     return True
 
 
+def _html200(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    """A success that is not JSON: a web page naming an internal host."""
+    conn.send(
+        _full(
+            "200 OK",
+            HTML_200,
+            [("Content-Type", "text/html; charset=utf-8"), ("X-Backend-Host", INTERNAL_HOST)],
+        )
+    )
+    return True
+
+
+def _json_array(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    """JSON that is not an object."""
+    conn.send(
+        _full("200 OK", json.dumps(JSON_ARRAY).encode(), [("Content-Type", "application/json")])
+    )
+    return True
+
+
+def _json_nan(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    """Python's json reads this, but it is not JSON (RFC 8259 has no NaN or Infinity)."""
+    conn.send(_full("200 OK", JSON_NAN_BODY, [("Content-Type", "application/json")]))
+    return True
+
+
+def _big_json(handler: _Handler, conn: _Connection, received: Received) -> bool:
+    """A valid JSON string of BIG_JSON_CHUNKS * BIG_JSON_CHUNK_SIZE bytes, chunked: no
+    Content-Length tells a reader its size before it has read it."""
+    inner = BIG_JSON_CHUNKS * BIG_JSON_CHUNK_SIZE - 2
+    body = b'"' + b"j" * inner + b'"'
+    chunks = [body[i : i + BIG_JSON_CHUNK_SIZE] for i in range(0, len(body), BIG_JSON_CHUNK_SIZE)]
+    conn.send(
+        _head("200 OK", [("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")])
+        + b"".join(f"{len(c):x}\r\n".encode() + c + b"\r\n" for c in chunks)
+        + b"0\r\n\r\n"
+    )
+    return True
+
+
 def _json404(handler: _Handler, conn: _Connection, received: Received) -> bool:
     conn.send(
         _full(
@@ -481,6 +536,7 @@ def _gzip(handler: _Handler, conn: _Connection, received: Received) -> bool:
 BEHAVIOURS: dict[str, Behaviour] = {
     "ok": _echo,
     "slow": _slow,
+    "delay": _delay,
     "drip": _drip,
     "drip-headers": _drip_headers,
     "reset": _reset,
@@ -494,6 +550,10 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "text503": _text503,
     "problem422": _problem422,
     "json404": _json404,
+    "html200": _html200,
+    "json-array": _json_array,
+    "json-nan": _json_nan,
+    "big-json": _big_json,
     "redirect": _redirect,
     "redirect-relative": _redirect_relative,
     "link": _link,
