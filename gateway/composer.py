@@ -46,7 +46,9 @@ from gateway.problems import (
     GatewayError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    problem_body,
     problem_type,
+    render,
     status_title,
     upstream_problem,
 )
@@ -68,14 +70,6 @@ class PartResult:
     links: list[str] = field(default_factory=list)
     outcome: PartOutcome | None = None
     headers: dict[str, str] = field(default_factory=dict)  # from a refusal: Retry-After
-
-
-class CompositionFailed(GatewayError):
-    """A required part failed: the whole answer is that part's problem."""
-
-    def __init__(self, status: int, code: str, title: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail, **extra)
-        self.status, self.code, self.title = status, code, title
 
 
 def _problem(status: int, code: str, detail: str, title: str | None = None) -> dict[str, Any]:
@@ -324,17 +318,22 @@ def _answer(ctx: RequestContext, results: list[PartResult]) -> Response:
     failed = [r for r in results if r.problem is not None]
     required_failed = [r for r in failed if r.spec.config.required]
     if required_failed:
+        # The whole answer is the first failed required part's problem, naming them all.
         first = required_failed[0]
         assert first.problem is not None
-        raise CompositionFailed(
-            first.problem["status"],
+        status = first.problem["status"]
+        body = problem_body(
+            status,
             first.problem["code"],
             first.problem["title"],
             f"The {first.spec.config.name} part of this answer failed: "
             + str(first.problem["detail"]),
-            headers=first.headers if "Retry-After" in first.headers else None,
+            instance=ctx.path,
+            request_id=ctx.request_id,
             parts={r.spec.config.name: r.problem for r in failed},
         )
+        retry = {k: v for k, v in first.headers.items() if k == "Retry-After"}
+        return render(body, status, Headers(list(retry.items())))
     chunks = list(_merged(results, {r.spec.config.name: r.problem for r in failed}))
     response = Response(chunks, status=200, content_type="application/json")
     response.headers["Content-Length"] = str(sum(len(c) for c in chunks))
