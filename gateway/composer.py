@@ -171,7 +171,8 @@ class Composer:
             fetched = self.forwarder.fetch(upstream, target, headers, deadline, max_bytes)
         except UpstreamFailed as failure:
             if failure.kind == "timeout" and time.monotonic() >= deadline:
-                failure.error = _route_timeout(part)
+                assert ctx.route is not None and ctx.route.config.compose is not None
+                failure.error = _route_timeout(part, ctx.route.config.compose.timeout)
             result.problem = _error_problem(failure.error)
             result.headers = dict(failure.error.headers)
             result.outcome = PartOutcome(
@@ -257,11 +258,10 @@ def _unfilled(part: PartSpec, missing: MissingValue) -> PartResult:
     )
 
 
-def _route_timeout(part: PartSpec, seconds: float | None = None) -> UpstreamTimeout:
-    within = "" if seconds is None else f" ({seconds:g} seconds)"
+def _route_timeout(part: PartSpec, seconds: float) -> UpstreamTimeout:
     return UpstreamTimeout(
         f"The {part.upstream.name} service did not answer the {part.config.name} part "
-        f"within the route's deadline{within}."
+        f"within the route's deadline ({seconds:g} seconds)."
     )
 
 
