@@ -373,6 +373,23 @@ def test_head_answers_the_headers_of_get_without_a_body(
     assert head.headers["Content-Length"] == get.headers["Content-Length"]
 
 
+def test_each_part_counts_under_its_own_upstream(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    registry = client.application.gateway.metrics.registry  # type: ignore[attr-defined]
+
+    def sample(name: str, **labels: str) -> float:
+        return float(registry.get_sample_value(name, labels) or 0.0)
+
+    user_answers(upstream, httpx.Response(200, json=PROFILE))
+    orders_answer(upstream, httpcore.ConnectError("refused"))
+    client.get("/api/me/dashboard", headers=bearer())
+    assert sample("gateway_upstream_duration_seconds_count", upstream="users") == 1
+    assert sample("gateway_upstream_duration_seconds_count", upstream="orders") == 0
+    assert sample("gateway_upstream_errors_total", upstream="orders", kind="refused") == 1
+    assert sample("gateway_upstream_errors_total", upstream="users", kind="refused") == 0
+
+
 def test_the_access_log_names_every_part(
     client: FlaskClient, upstream: respx.MockRouter, caplog: pytest.LogCaptureFixture
 ) -> None:
