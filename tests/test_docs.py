@@ -15,8 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.cli import build_parser, main
-from gateway.config.load import load_config_text
-from gateway.config.schema import SCHEMA
+from gateway.config.load import load_config, load_config_text
+from gateway.config.schema import INCLUDED_SCHEMA, SCHEMA
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -25,6 +25,7 @@ OPERATIONS = DOCS / "operations.md"
 README = ROOT / "README.md"
 MAKEFILE = ROOT / "Makefile"
 SCHEMA_FILE = DOCS / "routes.schema.json"
+INCLUDED_SCHEMA_FILE = DOCS / "routes-include.schema.json"
 
 # What the examples may need: environment variables without defaults, and the files
 # they name (resolved, like the gateway does, relative to the config file).
@@ -81,6 +82,13 @@ def test_published_schema_file_is_exactly_what_gateway_schema_prints(
     assert SCHEMA_FILE.read_text(encoding="utf-8") == capsys.readouterr().out
 
 
+def test_published_included_file_schema_is_exactly_the_one_the_loader_uses() -> None:
+    expected = json.dumps(INCLUDED_SCHEMA, indent=2) + "\n"
+    assert INCLUDED_SCHEMA_FILE.read_text(encoding="utf-8") == expected, (
+        "write it again: .venv/bin/gateway schema --include > docs/routes-include.schema.json"
+    )
+
+
 @pytest.fixture(scope="module")
 def rsa_public_key_pem() -> bytes:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -100,7 +108,8 @@ def test_every_schema_property_is_named_in_backticks_in_the_reference() -> None:
     spans = set(_CODE_SPAN.findall(REFERENCE.read_text(encoding="utf-8")))
     named = {span.strip() for span in spans}
     named |= {span.strip().rsplit(".", 1)[-1] for span in spans if "." in span}
-    missing = sorted(set(_property_names(SCHEMA)) - named)
+    properties = set(_property_names(SCHEMA)) | set(_property_names(INCLUDED_SCHEMA))
+    missing = sorted(properties - named)
     assert not missing, f"not documented in {REFERENCE.name}: {', '.join(missing)}"
 
 
@@ -140,6 +149,25 @@ def test_every_complete_yaml_example_in_the_reference_loads(
         target.write_bytes(_example_file_content(name, rsa_public_key_pem))
     config = load_config_text(block, str(tmp_path / "routes.yaml"), EXAMPLE_ENVIRON)
     assert config.routes, "an example should show at least one route"
+
+
+def test_the_include_example_of_the_reference_loads_as_one_tree(tmp_path: Path) -> None:
+    # The blocks of "One file per team" that start with a comment naming their file.
+    text = REFERENCE.read_text(encoding="utf-8")
+    section = text[text.index("## One file per team") :]
+    section = section[: section.index("\n## ", 1)]
+    files = {}
+    for match in _FENCE.finditer(section):
+        first = match.group(2).split("\n", 1)[0]
+        if match.group(1) == "yaml" and re.fullmatch(r"# [\w./-]+\.yaml", first):
+            files[first[2:]] = match.group(2)
+    assert sorted(files) == ["routes.d/orders.yaml", "routes.d/users.yaml", "routes.yaml"]
+    for name, block in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(block, encoding="utf-8")
+    config = load_config(str(tmp_path / "routes.yaml"), {})
+    summary = config.summary().replace(str(tmp_path / "routes.yaml"), "routes.yaml")
+    assert f"`{summary}`" in section
 
 
 def test_editor_modeline_points_at_the_published_schema() -> None:

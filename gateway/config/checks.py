@@ -100,7 +100,7 @@ class Checker:
         if "*" in origins and cors.get("allow_credentials") is True and wrote_either:
             self.fail(
                 (*at, "allow_origins"),
-                f"{display(at)}: '*' in allow_origins cannot be combined with "
+                f"{display(self.doc.local(at))}: '*' in allow_origins cannot be combined with "
                 "allow_credentials: true (browsers refuse it; list the origins)",
             )
         raw = own.get("allow_origins") or []
@@ -246,7 +246,9 @@ class Checker:
             )
             bundle = upstream.get("ca_bundle")
             if isinstance(bundle, str):
-                problem = ca_bundle_problem(self._relative(bundle))
+                # Relative to the file that defines the upstream.
+                defined_in = self.doc.file_of(("upstreams", name))
+                problem = ca_bundle_problem(resolve_relative(defined_in, bundle))
                 if problem:
                     self.fail(
                         ("upstreams", name, "ca_bundle"),

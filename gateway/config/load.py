@@ -1,10 +1,11 @@
 """routes.yaml -> Config, or ConfigError listing every problem with file, line and column.
 
-Three passes over one parsed document: the JSON Schema (shape, types, unknown keys;
-schema_errors.py), then the rules a schema cannot state (references, collisions,
-parseable limits, key sources; checks.py), then construction of the frozen model.
-All problems of the first two passes are reported together, so a backend team fixes a
-file in one round.
+The file and those its `include` names are read (include.py), then three passes: the
+JSON Schema over each file (shape, types, unknown keys; schema_errors.py), the rules a
+schema cannot state over their merged document (references, collisions, parseable
+limits, key sources; checks.py), then construction of the frozen model. All problems
+of the first two passes are reported together, so a backend team fixes a file in one
+round.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import limits
 from gateway.config.checks import Checker
 from gateway.config.errors import ConfigError, ConfigProblem
 from gateway.config.file_checks import resolve_relative
+from gateway.config.include import Bundle, Sources
 from gateway.config.model import (
     ApiKey,
     ApiKeySettings,
@@ -41,8 +43,8 @@ from gateway.config.model import (
     Versions,
 )
 from gateway.config.route_checks import parse_date
+from gateway.config.schema import INCLUDED_SCHEMA
 from gateway.config.schema_errors import schema_problems
-from gateway.config.source import Document, parse
 
 DEFAULT_CONFIG_PATH = "routes.yaml"
 
@@ -81,28 +83,39 @@ def load_config(path: str, environ: Mapping[str, str] | None = None) -> Config:
 
 
 def load_config_text(text: str, file: str, environ: Mapping[str, str] | None = None) -> Config:
+    """`text` is the content of `file`; the files its `include` names are read from
+    the disk, relative to `file`'s folder."""
     environ = os.environ if environ is None else environ
+    sources = Sources(text, file, environ)
     # The position of every value takes more memory than the values themselves, and
-    # only a problem needs them: a file is read without them first, and again with
-    # them only when something is wrong. (The main process forks the workers from
-    # this heap: what it grows to here, each worker starts with.)
-    document = parse(text, file, environ, positions=False)
-    if not document.problems and not _problems_found_later(document):
-        return _build(document)
-    document = parse(text, file, environ)
-    problems = list(document.problems)
+    # only a problem needs them: the files are read without them first, and again
+    # with them only when something is wrong. (The main process forks the workers
+    # from this heap: what it grows to here, each worker starts with.)
+    bundle = sources.read(positions=False)
+    if not (_reading_problems(bundle) or bundle.problems or _problems_found_later(bundle)):
+        return _build(bundle)
+    bundle = sources.read(positions=True)
+    reading = _reading_problems(bundle)
     # A value that could not be read (unset ${VAR}, refused tag) is not reported again
     # by the checks that then see it empty.
-    unreadable = {(p.line, p.column) for p in problems}
-    later = _problems_found_later(document)
-    problems += [p for p in later if (p.line, p.column) not in unreadable]
+    unreadable = {(p.file, p.line, p.column) for p in reading}
+    later = _problems_found_later(bundle)
+    problems = reading + bundle.problems
+    problems += [p for p in later if (p.file, p.line, p.column) not in unreadable]
     if problems:
         raise ConfigError(problems)
-    return _build(document)  # pragma: no cover - both reads find the same problems
+    return _build(bundle)  # pragma: no cover - both reads find the same problems
 
 
-def _problems_found_later(document: Document) -> list[ConfigProblem]:
-    return list(schema_problems(document)) + Checker(document).run()
+def _reading_problems(bundle: Bundle) -> list[ConfigProblem]:
+    return [problem for document in bundle.documents for problem in document.problems]
+
+
+def _problems_found_later(bundle: Bundle) -> list[ConfigProblem]:
+    problems = list(schema_problems(bundle.entry))
+    for document in bundle.included:
+        problems += schema_problems(document, INCLUDED_SCHEMA)
+    return problems + Checker(bundle.merged).run()
 
 
 def parse_rate_limits(texts: list[str]) -> tuple[RateLimit, ...]:
@@ -165,6 +178,7 @@ def _versions(data: dict[str, Any] | None) -> Versions | None:
 
 
 def _upstream(name: str, u: dict[str, Any], file: str) -> Upstream:
+    """`file`: where the upstream is defined (its ca_bundle is relative to it)."""
     breaker = u.get("breaker", {})
     return Upstream(
         name=name,
@@ -197,7 +211,8 @@ def _cors_settings(cors: dict[str, Any]) -> CorsSettings:
     )
 
 
-def _build(document: Document) -> Config:
+def _build(bundle: Bundle) -> Config:
+    document = bundle.merged
     data: dict[str, Any] = document.data
     file = document.file
     # Equal parts of the model are interchangeable (it is immutable): routes share one
@@ -241,7 +256,10 @@ def _build(document: Document) -> Config:
             ),
         )
 
-    upstreams = {name: _upstream(name, u, file) for name, u in data["upstreams"].items()}
+    upstreams = {
+        name: _upstream(name, u, document.file_of(("upstreams", name)))
+        for name, u in data["upstreams"].items()
+    }
     routes = []
     for index, r in enumerate(data["routes"]):
         pos = document.where(("routes", index))
@@ -262,7 +280,7 @@ def _build(document: Document) -> Config:
                 deprecation=share(_deprecation(r.get("deprecation"))),
                 versions=share(_versions(r.get("versions"))),
                 compose=_compose(r.get("compose")),
-                location=Location(file, pos.line, pos.column),
+                location=Location(pos.file or file, pos.line, pos.column),
             )
         )
     return Config(
@@ -295,4 +313,5 @@ def _build(document: Document) -> Config:
         ),
         upstreams=MappingProxyType(upstreams),
         routes=tuple(routes),
+        files=bundle.files,
     )

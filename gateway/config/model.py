@@ -207,6 +207,10 @@ class Config:
     rate_limits: RateLimitSettings
     upstreams: Mapping[str, Upstream]
     routes: tuple[Route, ...]
+    # Every file read: `source` (the entry file) first, then those its `include` named,
+    # in the order they were read.
+    files: tuple[str, ...] = ()
 
     def summary(self) -> str:
-        return f"{self.source}: OK, {len(self.routes)} routes to {len(self.upstreams)} upstreams"
+        text = f"{self.source}: OK, {len(self.routes)} routes to {len(self.upstreams)} upstreams"
+        return text + (f" from {len(self.files)} files" if len(self.files) > 1 else "")

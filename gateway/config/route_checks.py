@@ -13,6 +13,7 @@ import difflib
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.config.schema_errors import display
 from gateway.config.source import Document, Path
 from gateway.config.value_checks import (
     Fail,
@@ -58,13 +59,13 @@ class RouteRules:
                 continue
             at: Path = ("routes", index)
             name = route.get("name")
-            label = f"route {name!r}" if isinstance(name, str) else f"routes[{index}]"
+            label = f"route {name!r}" if isinstance(name, str) else display(self.doc.local(at))
             if isinstance(name, str):
                 if name in names:
-                    first = self.doc.where(("routes", names[name], "name"))
+                    first = self.doc.mention(("routes", names[name], "name"), seen_from=at)
                     self.fail(
                         (*at, "name"),
-                        f"route name {name!r} is used twice (first at line {first.line})",
+                        f"route name {name!r} is used twice (first at {first})",
                     )
                 names.setdefault(name, index)
             self._upstream_defined((*at, "upstream"), route.get("upstream"), upstream_names, label)
@@ -282,7 +283,7 @@ class RouteRules:
         for index, template, methods in compiled:
             matcher.add(template, index, methods)
         for index, template, methods in compiled:
-            label = routes[index].get("name", f"routes[{index}]")
+            label = routes[index].get("name", display(self.doc.local(("routes", index))))
             for method in dict.fromkeys(methods):
                 try:
                     winner, _ = matcher.match(template.example(), method)
@@ -291,12 +292,11 @@ class RouteRules:
                 if winner == index:
                     continue
                 other = routes[winner]
-                line = self.doc.where(("routes", winner)).line
+                where = self.doc.mention(("routes", winner), seen_from=("routes", index))
                 same = PathTemplate.parse(other["path"]).shape == template.shape
                 what = "the same method and path as" if same else "shadowed by"
                 self.fail(
                     ("routes", index, "path"),
                     f"route {label!r}: {method} "
-                    f"{template.text} is {what} route {other.get('name')!r} (line "
-                    f"{line})",
+                    f"{template.text} is {what} route {other.get('name')!r} ({where})",
                 )

@@ -3,7 +3,10 @@
 The loader validates against it and `gateway schema` publishes it, so editors that
 speak JSON Schema (VS Code's YAML extension, JetBrains) autocomplete and check the
 same rules the gateway enforces. Rules a schema cannot express (an upstream that
-exists, a limit that parses, routes that collide) live in `load.py`.
+exists, a limit that parses, routes that collide) live in `checks.py`.
+
+SCHEMA is the entry file's; INCLUDED_SCHEMA that of a file its `include` names
+(upstreams and routes only; published as docs/routes-include.schema.json).
 """
 
 from __future__ import annotations
@@ -476,6 +479,22 @@ ROUTE = _object(
     required=["name", "path", "methods", "auth"],
 )
 
+UPSTREAMS = {
+    "type": "object",
+    "additionalProperties": UPSTREAM,
+    "propertyNames": {"pattern": "^[A-Za-z0-9_.-]+$"},
+    "minProperties": 1,
+    "description": "Named upstream services.",
+}
+ROUTES = {"type": "array", "items": ROUTE, "description": "The routes."}
+INCLUDE = {
+    "type": "array",
+    "items": {"type": "string", "minLength": 1},
+    "description": "Files whose `upstreams` and `routes` join this file's: paths or "
+    "glob patterns (`*`, `?`, `[...]`, `**`), relative to this file's folder. A "
+    "pattern without glob characters must name a file.",
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": SCHEMA_ID,
@@ -489,15 +508,29 @@ SCHEMA: dict[str, Any] = {
                 {"jwt": JWT, "api_keys": API_KEYS}, description="How callers authenticate."
             ),
             "rate_limits": RATE_LIMITS,
-            "upstreams": {
-                "type": "object",
-                "additionalProperties": UPSTREAM,
-                "propertyNames": {"pattern": "^[A-Za-z0-9_.-]+$"},
-                "minProperties": 1,
-                "description": "Named upstream services.",
-            },
-            "routes": {"type": "array", "items": ROUTE, "description": "The routes."},
+            "upstreams": UPSTREAMS,
+            "routes": ROUTES,
+            "include": INCLUDE,
         },
-        required=["version", "upstreams", "routes"],
+        required=["version"],
+    ),
+    # With `include`, the upstreams and routes may all be in the included files.
+    "if": {"required": ["include"]},
+    "else": {"required": ["upstreams", "routes"]},
+}
+
+INCLUDED_SCHEMA_ID = "urn:gateway:routes-yaml-included:v1"
+
+# A file named by the entry file's `include`: upstreams and routes only.
+INCLUDED_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": INCLUDED_SCHEMA_ID,
+    "title": "Gateway routes.yaml: a file named by `include`",
+    **_object(
+        {
+            "version": {"const": 1, "description": "Schema version; 1 (optional here)."},
+            "upstreams": UPSTREAMS,
+            "routes": ROUTES,
+        },
     ),
 }

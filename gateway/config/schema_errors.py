@@ -65,12 +65,14 @@ def _frozen(value: Any) -> Hashable:
     return (type(value), value)
 
 
-def schema_problems(document: Document) -> Iterator[ConfigProblem]:
+def schema_problems(document: Document, schema: dict[str, Any] = SCHEMA) -> Iterator[ConfigProblem]:
+    """The schema's verdicts on one file's data (SCHEMA: the entry file's;
+    INCLUDED_SCHEMA: a file its `include` names)."""
     validator_class = jsonschema.validators.extend(  # type: ignore[no-untyped-call]
         jsonschema.Draft202012Validator,
         validators={"properties": _properties_remembering_valid_route_values()},
     )
-    for error in validator_class(SCHEMA).iter_errors(document.data):
+    for error in validator_class(schema).iter_errors(document.data):
         path = cast(Path, tuple(error.absolute_path))
         where = display(path)
         kind = error.validator

@@ -28,6 +28,9 @@ _MAP_TAG = "tag:yaml.org,2002:map"
 class Position:
     line: int
     column: int
+    # The file it is in; None: the document's own. Only the documents merged from
+    # several files (gateway.config.include) hold positions of other files.
+    file: str | None = None
 
 
 @dataclass(slots=True)
@@ -41,6 +44,9 @@ class Document:
     key_positions: dict[Path, Position] = field(default_factory=dict)
     # problems found while reading (tags, duplicate keys, ${ENV}); later checks add theirs
     problems: list[ConfigProblem] = field(default_factory=list)
+    # A document merged from several files: each route's index in its own file's
+    # `routes` (None: one file, the indexes are its own).
+    route_numbers: list[int] | None = None
 
     def where(self, path: Path, *, key: bool = False) -> Position:
         """The nearest recorded position for `path` (its key's when `key`)."""
@@ -54,9 +60,29 @@ class Document:
                 return Position(1, 1)
             probe = probe[:-1]
 
+    def file_of(self, path: Path) -> str:
+        """The file in which `path` was written."""
+        return self.where(path).file or self.file
+
+    def local(self, path: Path) -> Path:
+        """`path` as its own file counts: a merged route's index in that file."""
+        if self.route_numbers is None or len(path) < 2 or path[0] != "routes":
+            return path
+        index = path[1]
+        if not isinstance(index, int) or not 0 <= index < len(self.route_numbers):
+            return path
+        return ("routes", self.route_numbers[index], *path[2:])
+
+    def mention(self, path: Path, *, seen_from: Path) -> str:
+        """Where `path` is, for a message about `seen_from`: `line N` in the same
+        file, else `FILE:N`."""
+        pos = self.where(path)
+        file = pos.file or self.file
+        return f"line {pos.line}" if file == self.file_of(seen_from) else f"{file}:{pos.line}"
+
     def problem(self, path: Path, message: str, *, key: bool = False) -> ConfigProblem:
         pos = self.where(path, key=key)
-        return ConfigProblem(self.file, pos.line, pos.column, message)
+        return ConfigProblem(pos.file or self.file, pos.line, pos.column, message)
 
 
 # An event or mark of either parser: PyYAML's and libyaml's are classes of their own.
