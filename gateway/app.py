@@ -39,6 +39,7 @@ from gateway.problems import (
 )
 from gateway.proxy import Forwarder
 from gateway.ratelimit import Counters
+from gateway.reload import accepted, config_digest
 from gateway.request_body import check_framing
 from gateway.request_head import check_head
 from gateway.routing import RouteTable
@@ -75,9 +76,12 @@ def decoded_path(raw_path: str) -> str:
 class Gateway:
     """Per-process state built once from a Config; `handle` serves one request."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, digest: str | None = None) -> None:
         self.config = config
+        self.digest = digest  # sha256 of the config's files; None when built in code
         self.metrics = Metrics()
+        if digest is not None:
+            self.metrics.config_info.labels(digest[:12]).set(1)
         self.forwarder = Forwarder(config, on_breaker_change=self._breaker_changed)
         self.metrics_allow = [ip_network(n, strict=False) for n in config.gateway.metrics_allow]
         self.cors = Cors(config.cors)
@@ -201,6 +205,7 @@ class Gateway:
         ready = (storage_ok or not deny) and "open" not in breakers.values()
         checks = {
             "config": "loaded",
+            "config_sha256": self.digest[:12] if self.digest else None,
             "routes": len(self.table.endpoints),
             "rate_limit_storage": "ok"
             if storage_ok
@@ -335,13 +340,20 @@ def _outside_error(environ: WSGIEnvironment) -> Response:
 
 
 def create_app(config: Config | str | None = None) -> Flask:
-    """The WSGI app for a Config, a config file path, or (None) the usual lookup."""
+    """The WSGI app for a Config, a config file path, or (None) what the gunicorn
+    master accepted (gateway/reload.py), else the usual lookup."""
+    digest = None
     if not isinstance(config, Config):
-        config = load_config(resolve_config_path(config))
+        kept = accepted() if config is None else None
+        if kept is not None:
+            config, digest = kept.config, kept.digest
+        else:
+            config = load_config(resolve_config_path(config))
+            digest = config_digest(config)
     setup_logging()
     warning = host_warning(config.gateway)
     if warning is not None:  # every way of serving builds the app: each worker says it once
         log.warning(warning)
     app = GatewayFlask("gateway", static_folder=None)
-    app.gateway = Gateway(config)
+    app.gateway = Gateway(config, digest)
     return app

@@ -1,16 +1,18 @@
-"""The `gateway` command: check, routes, schema, explain, serve, hash-key."""
+"""The `gateway` command: check, routes, schema, explain, diff, openapi, serve, demo,
+hash-key."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
 from gateway.config import Config, ConfigError, Route, load_config, resolve_config_path
-from gateway.config.schema import SCHEMA
+from gateway.config.schema import INCLUDED_SCHEMA, SCHEMA
 
 
 def _load(path: str | None, *, out: TextIO | None = None) -> Config:
@@ -65,9 +67,14 @@ def cmd_routes(args: argparse.Namespace) -> int:
         "ROLES",
         "RATE LIMIT",
         "VERSIONS",
+        "FILE",
     ]
+    # Where each route is written: its file relative to the entry file's folder.
+    folder = os.path.dirname(config.source) or "."
     rows = [header]
     for index, route in enumerate(config.routes):
+        at = route.location
+        written = f"{os.path.relpath(at.file, folder)}:{at.line}" if at else "-"
         if route.rate_limit is None:
             limit = "default: " + (",".join(r.text for r in config.rate_limits.default) or "none")
         else:
@@ -83,13 +90,14 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 ",".join(route.roles) or "-",
                 limit + ("" if route.rate_limit_key == "identity" else " per ip"),
                 _versions_text(route),
+                written,
             ]
         )
         for part in route.compose.parts if route.compose else ():
             # Each part on a line of its own, under its route: what it calls, and
             # whether the answer fails without it.
             flag = "" if part.required else " (optional)"
-            rows.append([f"  + {part.name}{flag}", "", "", part.upstream, part.path, *[""] * 4])
+            rows.append([f"  + {part.name}{flag}", "", "", part.upstream, part.path, *[""] * 5])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print(
@@ -99,7 +107,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
-    print(json.dumps(SCHEMA, indent=2))
+    print(json.dumps(INCLUDED_SCHEMA if args.include else SCHEMA, indent=2))
     return 0
 
 
@@ -119,10 +127,24 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from gateway.config.diff import run_diff
+
+    return run_diff(args.old, args.new)
+
+
+def cmd_openapi(args: argparse.Namespace) -> int:
+    from gateway.openapi import openapi_document
+
+    print(json.dumps(openapi_document(_load(args.config)), indent=2))
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from gateway.serving import GatewayServer, gunicorn_options
 
-    config = _load(args.config)  # refuse a bad file before any port is bound
+    path = str(resolve_config_path(args.config))
+    config = _load(path)  # refuse a bad file before any port is bound
     if config.rate_limits.storage.startswith("memory://") and args.workers > 1:
         print(
             f"gateway serve: warning: rate limits are kept in memory:// and there are "
@@ -132,9 +154,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     options = gunicorn_options(
-        args.host, args.port, args.workers, args.threads, args.worker_connections
+        args.host, args.port, args.workers, args.threads, args.worker_connections, watch=args.watch
     )
-    GatewayServer(config, options).run()
+    GatewayServer(path, config, options).run()
     return 0
 
 
@@ -171,9 +193,11 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(commands.add_parser("routes", help="print the route table")).set_defaults(
         func=cmd_routes
     )
-    commands.add_parser("schema", help="print the JSON Schema of routes.yaml").set_defaults(
-        func=cmd_schema
+    schema = commands.add_parser("schema", help="print the JSON Schema of routes.yaml")
+    schema.add_argument(
+        "--include", action="store_true", help="the schema of a file that include: names"
     )
+    schema.set_defaults(func=cmd_schema)
     explain = with_config(commands.add_parser("explain", help="show what a request would meet"))
     explain.add_argument("method")
     explain.add_argument("path", help="path and optional query, e.g. /api/v1/users?limit=5")
@@ -185,6 +209,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a request header, 'Name: value' (repeatable)",
     )
     explain.set_defaults(func=cmd_explain)
+    diff = commands.add_parser(
+        "diff",
+        help="what changed between two configs (exit 0: the same in effect, 1: they "
+        "differ, 2: a file is invalid)",
+    )
+    diff.add_argument("-c", "--config", dest="old", required=True, help="the old routes.yaml")
+    diff.add_argument("new", help="the new routes.yaml")
+    diff.set_defaults(func=cmd_diff)
+    with_config(
+        commands.add_parser("openapi", help="print the OpenAPI 3.1 document of the public routes")
+    ).set_defaults(func=cmd_openapi)
     serve = with_config(commands.add_parser("serve", help="run under gunicorn"))
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
@@ -197,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1000,
         help="connections one worker serves at once (the default event-loop worker)",
+    )
+    serve.add_argument(
+        "--watch",
+        action="store_true",
+        help="reload when a config file changes (for development; kill -HUP reloads always)",
     )
     serve.set_defaults(func=cmd_serve)
     demo = with_config(

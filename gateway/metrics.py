@@ -86,6 +86,14 @@ class Metrics:
             "Rate-limit storage calls that failed or timed out.",
             registry=r,
         )
+        self.config_info = prom.Gauge(
+            "gateway_config_info",
+            "The configuration in service, by the first 12 hex digits of its sha256.",
+            ["sha256"],
+            registry=r,
+            # Old and new workers overlap during a reload; a dead worker's table goes.
+            multiprocess_mode="livemax",
+        )
 
     def render(self) -> bytes:
         """The exposition text: every live and dead worker's samples when multiprocess."""
@@ -108,6 +116,25 @@ class Metrics:
                 log.warning("reading the metrics files failed (%s); attempt %d", exc, attempt + 1)
                 time.sleep(0.05)
         raise RuntimeError("the metrics files could not be read")
+
+
+_config_reloads: Any = None
+
+
+def count_config_reload(result: str) -> None:
+    """In the gunicorn master: one reload, `applied` or `rejected`. Its samples go to
+    PROMETHEUS_MULTIPROC_DIR like a worker's, so every worker's /metrics shows them."""
+    global _config_reloads
+    if _config_reloads is None:
+        import prometheus_client as prom
+
+        _config_reloads = prom.Counter(
+            "gateway_config_reloads",
+            "Configuration reloads (SIGHUP), by result: applied or rejected.",
+            ["result"],
+            registry=None,
+        )
+    _config_reloads.labels(result).inc()
 
 
 def mark_worker_dead(pid: int) -> None:

@@ -16,6 +16,15 @@ from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
 from gateway.config import Config
 from gateway.metrics import mark_worker_dead
+from gateway.reload import (
+    Accepted,
+    ConfigKeeper,
+    config_digest,
+    keep,
+    keep_config,
+    reload_config,
+    watch_config,
+)
 
 
 def prepare_metrics_dir(server: Any) -> None:
@@ -73,10 +82,19 @@ def freeze_the_app(worker: Any) -> None:
     gc.enable()
 
 
+def start_master(server: Any) -> None:
+    """on_starting (master): the metrics folder, then the configuration, checked once
+    for every worker to come (gateway/reload.py)."""
+    prepare_metrics_dir(server)
+    keep_config(server)
+
+
 # Settings every gateway process needs, whatever the deployment.
 HARDENED_SETTINGS: dict[str, Any] = {
-    # Metrics across workers (see gateway/metrics.py).
-    "on_starting": prepare_metrics_dir,
+    # Metrics across workers (see gateway/metrics.py) and the configuration the master
+    # checked, kept across reloads (kill -HUP; see gateway/reload.py).
+    "on_starting": start_master,
+    "on_reload": reload_config,
     "child_exit": worker_exited,
     "on_exit": remove_metrics_dir,
     # The collector and a large route table (see the hooks' docstrings).
@@ -107,10 +125,17 @@ HARDENED_SETTINGS: dict[str, Any] = {
 
 
 def gunicorn_options(
-    host: str, port: int, workers: int, threads: int, worker_connections: int = 1000
+    host: str,
+    port: int,
+    workers: int,
+    threads: int,
+    worker_connections: int = 1000,
+    *,
+    watch: bool = False,
 ) -> dict[str, Any]:
     return {
         **HARDENED_SETTINGS,
+        **({"when_ready": watch_config} if watch else {}),
         "bind": f"{host}:{port}",
         "workers": workers,
         "threads": threads,
@@ -123,8 +148,9 @@ def gunicorn_options(
 class GatewayServer(BaseApplication):  # type: ignore[misc]
     """gunicorn with our options; each worker builds its own app from the Config."""
 
-    def __init__(self, config: Config, options: dict[str, Any]) -> None:
-        self.gateway_config = config
+    def __init__(self, path: str, config: Config, options: dict[str, Any]) -> None:
+        # Checked already by `gateway serve`: the master keeps it for every worker.
+        keep(ConfigKeeper(Accepted(path, config, config_digest(config))))
         self.options = options
         super().__init__()
 
@@ -139,4 +165,4 @@ class GatewayServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Any:
         from gateway.app import create_app
 
-        return create_app(self.gateway_config)
+        return create_app()  # in a worker: what the master accepted

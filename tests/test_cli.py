@@ -233,6 +233,7 @@ def test_routes_lists_every_route_with_its_columns(
         "ROLES",
         "RATE LIMIT",
         "VERSIONS",
+        "FILE",
     ):
         assert column in header
     assert len(rows) == 3
@@ -275,6 +276,27 @@ def test_routes_shows_auth_and_roles(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "jwt,api_key" in row
     assert "admin,member,service" in row
     assert "100/minute" in row
+
+
+def test_routes_shows_the_file_and_line_of_each_route(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    entry = ROUTES.replace("routes:\n", "include: [teams/*.yaml]\nroutes:\n", 1)
+    (tmp_path / "teams").mkdir()
+    team = "# the billing team\nroutes:\n  - {name: bills, path: /bills, methods: [GET], "
+    write(tmp_path, team + "upstream: orders, auth: public}\n", "teams/billing.yaml")
+    code, out, _ = run(capsys, "routes", "-c", write(tmp_path, entry))
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split()[-1] == "FILE"
+    start = header.index("FILE")
+    # Relative to the entry file's folder, with the line where the route starts.
+    assert [row[start:] for row in rows] == [
+        "routes.yaml:11",
+        "routes.yaml:17",
+        "routes.yaml:25",
+        "teams/billing.yaml:3",
+    ]
 
 
 def test_routes_on_an_invalid_config_exits_1(
