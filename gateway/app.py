@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -25,6 +27,7 @@ from gateway.endpoints import Credentials, Terminals, build_endpoints
 from gateway.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from gateway.metrics import Metrics, method_label, status_label
 from gateway.observability import log_access, request_id_for, setup_logging
+from gateway.openapi import openapi_document
 from gateway.paths import unsafe_path_reason
 from gateway.policies.auth import FailureGuard
 from gateway.policies.chain import Terminal
@@ -103,6 +106,9 @@ class Gateway:
             "/readyz": Gateway._readyz,
             "/metrics": Gateway._metrics,
         }
+        if config.gateway.openapi_path:
+            self.builtins[config.gateway.openapi_path] = Gateway._openapi
+        self._openapi_document: tuple[bytes, str] | None = None  # built on first request
 
     def context(self, req: Request, request_id: str) -> RequestContext:
         client = client_info(req, self.config.gateway.trusted_proxies)
@@ -224,6 +230,22 @@ class Gateway:
             raise Forbidden("Metrics are not served to this address.")
         return Response(self.metrics.render(), content_type=METRICS_CONTENT_TYPE)
 
+    def _openapi(self, ctx: RequestContext) -> Response:
+        """The OpenAPI document of the public routes (gateway.openapi_path): public, and
+        the same until the configuration changes, so clients and caches may keep it
+        and ask again with If-None-Match."""
+        if self._openapi_document is None:
+            body = json.dumps(openapi_document(self.config), indent=2).encode()
+            self._openapi_document = (body, hashlib.sha256(body).hexdigest()[:32])
+        body, tag = self._openapi_document
+        fresh = ctx.request.if_none_match.contains(tag)
+        response = Response(
+            None if fresh else body, status=304 if fresh else 200, content_type="application/json"
+        )
+        response.set_etag(tag)
+        response.headers["Cache-Control"] = "public, max-age=300"
+        return response
+
     def _operator(self, ctx: RequestContext) -> bool:
         """Whether the client is on a `gateway.metrics_allow` network."""
         try:
@@ -301,8 +323,6 @@ class Gateway:
 
 
 def _json(body: dict[str, object], status: int = 200) -> Response:
-    import json
-
     return Response(json.dumps(body), status=status, content_type="application/json")
 
 

@@ -16,6 +16,7 @@ from openapi_spec_validator import validate
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
 from gateway.cli import main
+from gateway.config import ConfigError
 from gateway.config.load import load_config, load_config_text
 from gateway.config.model import Config
 from gateway.openapi import openapi_document
@@ -732,3 +733,55 @@ def test_the_guide_regenerates_the_file_with_every_variable_unset() -> None:
     guide = (ROOT / "docs" / "openapi.md").read_text(encoding="utf-8")
     command = guide[guide.index("env -u") : guide.index("> docs/openapi.json")]
     assert sorted(re.findall(r"-u ([A-Z_][A-Z0-9_]*)", command)) == REFERENCE_VARIABLES
+
+
+# --- served by the gateway at gateway.openapi_path ----------------------------------------
+
+SERVED = """\
+version: 1
+gateway: {openapi_path: /openapi.json}
+upstreams:
+  users: {url: "http://users.internal"}
+routes:
+  - {name: users.get, path: "/api/users/{user_id}", methods: [GET], upstream: users,
+     upstream_path: "/users/{user_id}", auth: public}
+"""
+
+
+def test_the_gateway_serves_its_document_at_openapi_path(gateway_client: Any) -> None:
+    client = gateway_client(SERVED)
+    response = client.get("/openapi.json")
+    assert response.status_code == 200
+    assert response.mimetype == "application/json"
+    assert response.headers["Cache-Control"] == "public, max-age=300"
+    document = response.get_json()
+    assert document == openapi_document(load_config_text(SERVED, "routes.yaml", {}))
+    validate(document)
+    assert "users.internal" not in response.get_data(as_text=True)
+
+
+def test_the_served_document_answers_if_none_match_with_304(gateway_client: Any) -> None:
+    client = gateway_client(SERVED)
+    first = client.get("/openapi.json")
+    again = client.get("/openapi.json", headers={"If-None-Match": first.headers["ETag"]})
+    assert again.status_code == 304 and again.get_data() == b""
+    assert again.headers["ETag"] == first.headers["ETag"]
+    head = client.head("/openapi.json")
+    assert head.status_code == 200 and head.get_data() == b""
+    assert client.post("/openapi.json").status_code == 405
+
+
+def test_without_openapi_path_no_document_is_served(gateway_client: Any) -> None:
+    client = gateway_client(SERVED.replace("gateway: {openapi_path: /openapi.json}\n", ""))
+    assert client.get("/openapi.json").status_code == 404
+
+
+def test_a_route_on_openapi_path_is_refused() -> None:
+    text = SERVED.replace('path: "/api/users/{user_id}"', "path: /openapi.json").replace(
+        'upstream_path: "/users/{user_id}"', "upstream_path: /x"
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_config_text(text, "routes.yaml", {})
+    assert [p.message for p in caught.value.problems] == [
+        "route 'users.get': /openapi.json is the gateway's own endpoint and cannot be routed"
+    ]

@@ -296,6 +296,7 @@ def _build(bundle: Bundle) -> Config:
             max_header_bytes=int(_get(gw, GatewaySettings, "max_header_bytes")),
             body_memory_bytes=int(_get(gw, GatewaySettings, "body_memory_bytes")),
             compose_concurrency=int(_get(gw, GatewaySettings, "compose_concurrency")),
+            openapi_path=_get(gw, GatewaySettings, "openapi_path"),
         ),
         cors=_cors_settings(cors),
         auth=AuthSettings(jwt=jwt, api_keys=api_keys),

@@ -54,6 +54,7 @@ class GatewaySettings:
     body_memory_bytes: int = 65_536
     # Composed routes' part calls in flight at once per worker, all requests together.
     compose_concurrency: int = 64
+    openapi_path: str = ""  # where the gateway serves its OpenAPI document; "": nowhere
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,9 @@ class RouteRules:
         upstreams = self.data.get("upstreams")
         upstream_names = list(upstreams) if isinstance(upstreams, dict) else []
         names: dict[str, int] = {}
+        openapi_path = nested_value(self.data, "gateway", "openapi_path")
+        served = isinstance(openapi_path, str) and openapi_path
+        reserved = RESERVED_PATHS | ({openapi_path} if served else set())
         compiled: list[tuple[int, PathTemplate, list[str]]] = []
         for index, route in enumerate(routes):
             if not isinstance(route, dict):
@@ -73,7 +76,7 @@ class RouteRules:
             for method in {m for m in methods if methods.count(m) > 1}:
                 self.fail((*at, "methods"), f"{label}: method {method} is listed twice")
             template = self._template((*at, "path"), route.get("path"), label)
-            if template and template.text.rstrip("/") in RESERVED_PATHS:
+            if template and template.text.rstrip("/") in reserved:
                 self.fail(
                     (*at, "path"),
                     f"{label}: {template.text} is the gateway's own endpoint and cannot be routed",

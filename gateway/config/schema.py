@@ -110,6 +110,13 @@ GATEWAY = _object(
             "description": "Request bodies up to this size are buffered in memory; larger "
             "ones in a temporary file until the upload is complete (default 65536).",
         },
+        "openapi_path": {
+            "type": "string",
+            "pattern": "^(/[A-Za-z0-9._~-]+)+$",
+            "description": "Serve the OpenAPI 3.1 document of the public routes at this path "
+            "(GET, HEAD; public, cacheable), e.g. /openapi.json; when absent, it is not "
+            "served.",
+        },
         "compose_concurrency": {
             "type": "integer",
             "minimum": 1,

@@ -238,3 +238,42 @@ def test_watch_reloads_when_the_file_changes(tmp_path: Path, upstream: Misbehavi
         assert "config watch: a file changed" in server.log()
     finally:
         server.stop()
+
+
+def test_the_served_openapi_document_follows_a_reload(
+    tmp_path: Path, upstream: MisbehavingUpstream
+) -> None:
+    from openapi_spec_validator import validate
+
+    def config(added: int) -> dict[str, Any]:
+        return {**routes_config(upstream.url, added), "gateway": {"openapi_path": "/openapi.json"}}
+
+    path = write_config(tmp_path / "routes.yaml", config(0))
+    server = start_server(
+        gateway_serve_argv(path, 1, 2),
+        workdir=tmp_path,
+        name="gateway",
+        env=subprocess_env(),
+        workers=1,
+    )
+    try:
+        first = http_request(server.port, "GET", "/openapi.json")
+        assert first.status == 200, first.describe()
+        document = first.json()
+        validate(document)
+        assert set(document["paths"]) == {"/steady/{rest}"}
+        assert upstream.host_port not in first.body.decode()
+
+        write_config(path, config(1))
+        os.kill(server.pid, signal.SIGHUP)
+        wait_for("/new1 answers", answers(server.port, "/new1/x"))
+        wait_for(
+            "the document names the new route",
+            lambda: (
+                "/new1/{rest}" in http_request(server.port, "GET", "/openapi.json").json()["paths"]
+            ),
+        )
+        again = http_request(server.port, "GET", "/openapi.json")
+        assert again.header("ETag") != first.header("ETag")
+    finally:
+        server.stop()
