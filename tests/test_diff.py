@@ -112,7 +112,17 @@ Edit = Callable[[dict[str, Any]], None]
 
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("GATEWAY_CONFIG", "RATE_LIMIT_STORAGE"):
+    # The reference files read these, with defaults the tests expect.
+    for name in (
+        "GATEWAY_CONFIG",
+        "GATEWAY_PUBLIC_URL",
+        "USERS_URL",
+        "ORDERS_URL",
+        "RATE_LIMIT_STORAGE",
+        "RATE_LIMIT_DEFAULT",
+        "RATE_LIMIT_LOGIN",
+        "RATE_LIMIT_USERS_GET",
+    ):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -897,3 +907,43 @@ def test_the_examples_show_each_kind_of_entry(
     assert {line[0] for line in lines if line[:1] in "+-~"} == {"+", "-", "~"}
     assert any("renamed from" in line for line in lines)
     assert "settings:" in lines
+
+
+# -- trees of files (include) -------------------------------------------------------------
+
+TEAMS = Path(__file__).resolve().parent.parent / "examples" / "teams"
+
+
+def test_two_trees_differ_in_exactly_the_policies_a_team_file_changed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    shutil.copytree(TEAMS, old)
+    shutil.copytree(TEAMS, new)
+    orders = new / "routes.d" / "orders.yaml"
+    data = yaml.safe_load(orders.read_text())
+    listed = route(data, "orders.v2.list")
+    listed["roles"] = ["admin", "member"]
+    listed["rate_limit"] = ["50/minute"]
+    write(orders, data)
+
+    assert run_diff(str(old / "routes.yaml"), str(old / "routes.yaml")) == 0
+    capsys.readouterr()
+    code = run_diff(str(old / "routes.yaml"), str(new / "routes.yaml"))
+    lines = capsys.readouterr().out.splitlines()
+    assert code == 1
+    assert lines[0] == "routes: 0 added, 0 removed, 1 changed, 19 unchanged", lines
+    assert re.sub(r"\s+", " ", lines[1]) == "~ orders.v2.list GET /api/v2/orders"
+    assert detail(lines) == [
+        "roles: admin, member, service -> admin, member",
+        "rate limit: default (1000/minute) -> 50/minute",
+    ]
+    assert lines[-1] == "settings: no changes"
+
+
+def test_a_tree_and_the_one_file_it_was_split_from_are_the_same_in_effect(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    one_file = TEAMS.parent.parent / "routes.yaml"
+    assert run_diff(str(one_file), str(TEAMS / "routes.yaml")) == 0
+    assert capsys.readouterr().out.startswith("no changes: the same in effect (20 routes)")
