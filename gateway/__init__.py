@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from gateway.app import create_app
 
-__version__ = "0.1.0"
+from gateway.version import __version__
+
 __all__ = ["__version__", "create_app"]
 
 

@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, time
 from typing import Any
 
-from gateway import __version__
 from gateway.config.model import Config, Deprecation, Route
 from gateway.headers import PARTIAL_HEADER
 from gateway.paths import PathTemplate
 from gateway.placeholders import PartTemplate
 from gateway.problems import PROBLEM_JSON
+from gateway.version import __version__
 
 OPENAPI_VERSION = "3.1.0"
 
