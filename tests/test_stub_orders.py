@@ -501,3 +501,65 @@ def test_wrong_methods_are_405_problems(client: FlaskClient) -> None:
     problem(response, 405)
     assert "DELETE" in response.headers["Allow"]
     problem(client.patch("/v1/orders", headers=ADMIN), 405)
+
+
+# --- conditional requests: ETag, 304, 412 ---------------------------------------------
+
+
+def test_an_order_has_one_strong_etag_per_representation(client: FlaskClient) -> None:
+    order = client.post("/v2/orders", json=V2, headers=MEMBER).get_json()
+    v1 = client.get(f"/v1/orders/{order['id']}", headers=MEMBER)
+    v2 = client.get(f"/v2/orders/{order['id']}", headers=MEMBER)
+    for response in (v1, v2):
+        assert response.status_code == 200
+        assert response.headers["ETag"].startswith('"')
+        assert response.headers["Cache-Control"] == "private, max-age=10"
+    assert v1.headers["ETag"] != v2.headers["ETag"]
+    again = client.get(f"/v2/orders/{order['id']}", headers=ADMIN)
+    assert again.headers["ETag"] == v2.headers["ETag"], "the same for every caller who sees it"
+    other = client.post("/v2/orders", json=V2, headers=MEMBER).get_json()
+    assert client.get(f"/v2/orders/{other['id']}").headers["ETag"] != v2.headers["ETag"]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_if_none_match_on_an_order_is_304(client: FlaskClient, version: str) -> None:
+    order_id = all_ids(client, MEMBER)[0]
+    path = f"/{version}/orders/{order_id}"
+    etag = client.get(path, headers=MEMBER).headers["ETag"]
+    for condition in (etag, f'"x", W/{etag}', "*"):
+        response = client.get(path, headers={**MEMBER, "If-None-Match": condition})
+        assert response.status_code == 304
+        assert response.data == b""
+        assert response.headers["ETag"] == etag
+    other = "v2" if version == "v1" else "v1"
+    other_etag = client.get(f"/{other}/orders/{order_id}", headers=MEMBER).headers["ETag"]
+    response = client.get(path, headers={**MEMBER, "If-None-Match": other_etag})
+    assert response.status_code == 200 and response.get_json()["id"] == order_id
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_delete_honours_if_match(client: FlaskClient, version: str) -> None:
+    order = client.post(f"/{version}/orders", json=V1 if version == "v1" else V2, headers=MEMBER)
+    path = f"/{version}/orders/{order.get_json()['id']}"
+    current = client.get(path, headers=MEMBER)
+    other = "v2" if version == "v1" else "v1"
+    # The other version's tag describes another representation: it does not match here.
+    other_etag = client.get(path.replace(version, other, 1), headers=MEMBER).headers["ETag"]
+    for condition in ('"stale"', other_etag, f"W/{current.headers['ETag']}"):
+        response = client.delete(path, headers={**MEMBER, "If-Match": condition})
+        assert problem(response, 412)["code"] == "precondition_failed"
+        assert client.get(path, headers=MEMBER).get_json() == current.get_json()
+    response = client.delete(path, headers={**MEMBER, "If-Match": current.headers["ETag"]})
+    assert response.status_code == 204
+    problem(client.get(path, headers=MEMBER), 404)
+
+
+def test_a_condition_never_reveals_an_invisible_order(client: FlaskClient) -> None:
+    other = foreign_order(client)
+    path = f"/v2/orders/{other['id']}"
+    for response in (
+        client.get(path, headers={**ADMIN, "If-None-Match": "*"}),
+        client.delete(path, headers={**ADMIN, "If-Match": '"stale"'}),
+    ):
+        assert problem(response, 404)["code"] == "not_found"
+    assert client.get(path).get_json() == other

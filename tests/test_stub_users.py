@@ -332,3 +332,149 @@ def test_a_users_cursor_works_only_for_the_tenant_that_got_it(client: FlaskClien
     for headers in (jwt_caller("globex", "member"), SERVICE, {}):
         response = client.get(f"/users?limit=3&cursor={cursor}", headers=headers)
         assert problem(response, 400)["code"] == "invalid_cursor"
+
+
+# --- conditional requests: ETag, 304, 412 ---------------------------------------------
+
+
+def strong_etag(response: Any) -> str:
+    etag: str = response.headers["ETag"]
+    assert etag.startswith('"') and etag.endswith('"') and len(etag) > 2, etag
+    return etag
+
+
+def test_a_user_carries_a_strong_etag_that_changes_with_it(client: FlaskClient) -> None:
+    user = client.post("/users", json=NEW).get_json()
+    path = f"/users/{user['id']}"
+    first = client.get(path)
+    etag = strong_etag(first)
+    assert first.headers["Cache-Control"] == "private, max-age=10"
+    assert client.get(path).headers["ETag"] == etag, "the same representation, the same tag"
+    changed = client.patch(path, json={"name": "Renamed"})
+    assert changed.status_code == 200
+    after = client.get(path)
+    assert strong_etag(after) != etag
+    # Even a change that does not show (a new password) moves updated_at, so the tag.
+    assert client.patch(path, json={"password": "another-password"}).status_code == 200
+    assert strong_etag(client.get(path)) != after.headers["ETag"]
+    other = client.get("/users?limit=2").get_json()["data"][1]
+    assert other["id"] != user["id"]
+    assert strong_etag(client.get(f"/users/{other['id']}")) != strong_etag(client.get(path))
+
+
+@pytest.mark.parametrize(
+    "condition",
+    [
+        "{etag}",
+        '"other", {etag}',
+        '"a",{etag} , "b"',
+        "*",
+        "W/{etag}",  # If-None-Match compares weakly (RFC 9110 §13.1.2)
+        '"other", W/{etag}',
+    ],
+)
+def test_if_none_match_with_the_current_etag_is_304(client: FlaskClient, condition: str) -> None:
+    user = client.get("/users?limit=1").get_json()["data"][0]
+    path = f"/users/{user['id']}"
+    etag = strong_etag(client.get(path))
+    for send in (client.get, client.head):
+        response = send(path, headers={"If-None-Match": condition.format(etag=etag)})
+        assert response.status_code == 304
+        assert response.data == b""
+        assert response.headers["ETag"] == etag
+        assert response.headers["Cache-Control"] == "private, max-age=10"
+        assert "Content-Type" not in response.headers
+
+
+@pytest.mark.parametrize("condition", ['"other"', 'W/"other", "more"', "{stale}"])
+def test_if_none_match_with_another_etag_is_the_full_answer(
+    client: FlaskClient, condition: str
+) -> None:
+    user = client.post("/users", json=NEW).get_json()
+    path = f"/users/{user['id']}"
+    stale = strong_etag(client.get(path))
+    client.patch(path, json={"name": "Renamed"})
+    current = client.get(path)
+    sent = condition.format(stale=stale)
+    response = client.get(path, headers={"If-None-Match": sent})
+    assert response.status_code == 200
+    assert response.get_json() == current.get_json()
+    assert response.headers["ETag"] == current.headers["ETag"]
+
+
+def test_patch_with_a_stale_if_match_is_412_and_changes_nothing(client: FlaskClient) -> None:
+    user = client.post("/users", json=NEW).get_json()
+    path = f"/users/{user['id']}"
+    stale = strong_etag(client.get(path))
+    assert client.patch(path, json={"name": "First Writer"}).status_code == 200
+    before = client.get(path)
+    for condition in (stale, '"made-up"', f"W/{before.headers['ETag']}", ""):
+        response = client.patch(
+            path,
+            json={"name": "Lost Update", "role": "not-a-role"},  # 412 comes before 422
+            headers={"If-Match": condition, "X-Request-ID": "req-412"},
+        )
+        body = problem(response, 412)
+        assert body["code"] == "precondition_failed"
+        assert body["instance"] == path and body["request_id"] == "req-412"
+        assert body["type"] == "https://www.rfc-editor.org/rfc/rfc9110#section-15.5.13"
+        assert response.headers["Cache-Control"] == "no-store"
+    after = client.get(path)
+    assert after.get_json() == before.get_json()
+    assert after.headers["ETag"] == before.headers["ETag"]
+
+
+def test_patch_with_the_current_etag_succeeds_and_gets_a_new_one(client: FlaskClient) -> None:
+    user = client.post("/users", json=NEW).get_json()
+    path = f"/users/{user['id']}"
+    for condition in ("{etag}", '"other", {etag}', "*"):
+        etag = strong_etag(client.get(path))
+        response = client.patch(
+            path,
+            json={"name": f"Via {condition}"},
+            headers={"If-Match": condition.format(etag=etag)},
+        )
+        assert response.status_code == 200
+        assert response.get_json()["name"] == f"Via {condition}"
+        assert strong_etag(client.get(path)) != etag
+    # The tag the 200 describes is the one a GET now gives, and it works as If-Match.
+    current = client.get(path)
+    again = client.patch(
+        path, json={"role": "guest"}, headers={"If-Match": current.headers["ETag"]}
+    )
+    assert again.status_code == 200
+
+
+def test_if_none_match_on_a_patch_is_412_when_it_matches(client: FlaskClient) -> None:
+    user = client.post("/users", json=NEW).get_json()
+    path = f"/users/{user['id']}"
+    body = problem(client.patch(path, json={"name": "X"}, headers={"If-None-Match": "*"}), 412)
+    assert body["code"] == "precondition_failed"
+    assert client.get(path).get_json()["name"] == NEW["name"]
+
+
+def test_delete_with_a_stale_if_match_is_412_and_keeps_the_user(client: FlaskClient) -> None:
+    user = client.post("/users", json=NEW).get_json()
+    path = f"/users/{user['id']}"
+    stale = strong_etag(client.get(path))
+    client.patch(path, json={"name": "Changed Meanwhile"})
+    before = client.get(path)
+    response = client.delete(path, headers={"If-Match": stale})
+    assert problem(response, 412)["code"] == "precondition_failed"
+    assert client.get(path).get_json() == before.get_json()
+    assert client.delete(path, headers={"If-Match": before.headers["ETag"]}).status_code == 204
+    problem(client.get(path), 404)
+
+
+def test_a_condition_never_reveals_another_tenants_user(client: FlaskClient) -> None:
+    other = other_tenants_user(client)
+    path = f"/users/{other['id']}"
+    caller = jwt_caller("acme")
+    for condition in ("*", strong_etag(client.get(path))):
+        for response in (
+            client.get(path, headers={**caller, "If-None-Match": condition}),
+            client.patch(path, json={"name": "X"}, headers={**caller, "If-Match": '"no"'}),
+            client.delete(path, headers={**caller, "If-Match": '"no"'}),
+        ):
+            assert problem(response, 404)["code"] == "not_found"
+    assert client.get(path).get_json() == other

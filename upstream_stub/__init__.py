@@ -6,6 +6,7 @@ Modules, one concern each:
     users       /users and /users/{id}
     orders      /v1/orders and /v2/orders, scoped to the caller's tenant and role;
                 ?user_id= lists one user's
+    conditional ETag, Cache-Control, 304 and 412 (If-None-Match, If-Match)
     pagination  ?limit= rules, HMAC-signed cursors, Link headers
     store       the thread-safe in-memory collection with keyset paging
     seed        the deterministic demo users and orders

@@ -32,6 +32,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from upstream_stub.callers import Caller, current_caller
+from upstream_stub.conditional import check_preconditions, entity_tag, representation_response
 from upstream_stub.models import DEFAULT_CURRENCY, Item, Order, new_id
 from upstream_stub.pagination import page_response
 from upstream_stub.problems import Problem
@@ -252,13 +253,22 @@ def get_order(version: str, order_id: str) -> Response:
     order = orders_state().orders.get(order_id)
     if order is None or not _visible(order, current_caller()):
         raise _not_found(order_id)
-    return jsonify(REPRESENTATIONS[version](order))
+    return representation_response(REPRESENTATIONS[version](order))
 
 
 @blueprint.delete("/<any(v1, v2):version>/orders/<order_id>")
 def delete_order(version: str, order_id: str) -> Response:
     caller = current_caller()
     caller.refuse_read_only()
-    if not orders_state().orders.delete(order_id, where=lambda order: _deletable(order, caller)):
+
+    def deletable(order: Order) -> bool:
+        # Under the store's lock: a 404 first, then If-Match against this version's
+        # representation (a v2 ETag does not match on /v1/orders/{id}, nor the reverse).
+        if not _deletable(order, caller):
+            return False
+        check_preconditions(entity_tag(REPRESENTATIONS[version](order)))
+        return True
+
+    if not orders_state().orders.delete(order_id, where=deletable):
         raise _not_found(order_id)
     return Response(status=204)

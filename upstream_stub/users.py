@@ -19,6 +19,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify
 
 from upstream_stub.callers import Caller, current_caller
+from upstream_stub.conditional import check_preconditions, entity_tag, representation_response
 from upstream_stub.models import ROLES, User, new_id
 from upstream_stub.pagination import page_response
 from upstream_stub.passwords import hash_password
@@ -151,7 +152,7 @@ def get_user(user_id: str) -> Response:
     user = users_state().users.get(user_id)
     if user is None or not current_caller().reads(user.tenant_id):
         raise _not_found(user_id)
-    return jsonify(user.public())
+    return representation_response(user.public())
 
 
 @blueprint.patch("/users/<user_id>")
@@ -162,6 +163,7 @@ def update_user(user_id: str) -> Response:
     target = state.users.get(user_id)
     if target is None or not caller.writes(target.tenant_id):  # 404 before 422
         raise _not_found(user_id)
+    check_preconditions(entity_tag(target.public()))  # 412 before 422
     body = json_object()
     errors = Errors()
     reject_unknown(body, _FIELDS, errors)
@@ -189,7 +191,9 @@ def update_user(user_id: str) -> Response:
         # Checked again under the store's lock: the user may have moved meanwhile.
         if not caller.writes(old.tenant_id):
             raise _not_found(user_id)
-        return replace(old, **changes, updated_us=max(wall_clock_us(), old.updated_us))
+        check_preconditions(entity_tag(old.public()))  # changed since the check above?
+        # updated_at moves on every change, so the ETag does too.
+        return replace(old, **changes, updated_us=max(wall_clock_us(), old.updated_us + 1))
 
     try:
         user = state.users.replace(user_id, change)
@@ -204,6 +208,14 @@ def update_user(user_id: str) -> Response:
 def delete_user(user_id: str) -> Response:
     caller = current_caller()
     caller.refuse_read_only()
-    if not users_state().users.delete(user_id, where=lambda user: caller.writes(user.tenant_id)):
+
+    def deletable(user: User) -> bool:
+        # Under the store's lock: a 404 first, then If-Match against the user as it is.
+        if not caller.writes(user.tenant_id):
+            return False
+        check_preconditions(entity_tag(user.public()))
+        return True
+
+    if not users_state().users.delete(user_id, where=deletable):
         raise _not_found(user_id)
     return Response(status=204)
