@@ -16,6 +16,17 @@ Every target serves `GET` of one seeded user from the same users stub:
     all@1000      `all` with 1,000 routes in the table (`all` has 10)
     all@10000     `all` with 10,000 routes
 
+and the same on a near-free upstream, a static server answering every GET with a fixed
+user-sized JSON body (nginx when installed, else loadtests/static_upstream.py), so that
+the upstream's cost does not hide the gateway's:
+
+    static-direct       the static server itself:      GET /users/<id>
+    static-passthrough  the passthrough in front of it: GET /users/<id>
+    static-all          `all` in front of it:           GET /api/v1/users/<id>
+                        (only when `all` is one of the variants)
+
+The ratios of a static target are taken against static-direct and static-passthrough.
+
 Each target gets the same request bytes apart from the path (Authorization, Origin,
 Accept-Version on all of them). Two measurements per target:
 
@@ -27,7 +38,10 @@ Accept-Version on all of them). Two measurements per target:
   so drift of the machine hits all of them. Ratios are taken per round, then the
   median over the rounds. One request in 50 asks for `Connection: close` and its
   connection is opened again: gunicorn's workers accept connections unevenly, and a
-  closed loop that never reconnects can leave one worker with all of them.
+  closed loop that never reconnects can leave one worker with all of them. Around
+  each run, the user+system CPU time of the target's server processes (the master and
+  its workers, from /proc) gives its CPU microseconds per request; for `direct` and
+  `static-direct` that is the upstream's own.
 
 `compose` is reported besides the goals, not as one: its p50 at concurrency 1 against
 three times direct's, what a client making the three calls one after the other would
@@ -41,7 +55,7 @@ with the same gunicorn workers and threads. Every server listens on 127.0.0.1 on
 free port, is started by this script and stopped by its PID.
 
     .venv/bin/python loadtests/bench.py            # about 3 minutes
-    .venv/bin/python loadtests/bench.py --quick    # about 30 seconds
+    .venv/bin/python loadtests/bench.py --quick    # about a minute
 
 It prints one table and writes the whole result as JSON to
 loadtests/results/bench-<UTC timestamp>.json.
@@ -98,6 +112,10 @@ GOAL_ADDED_P50_MS = 0.4  # all: p50 at concurrency 1 at most 0.4 ms above direct
 GOAL_ROUTES_SPREAD = 0.05  # requests/s within 5% from 10 to 10,000 routes
 GOAL_RSS_MIB = 80.0  # resident memory per worker
 GOAL_STARTUP_S = 2.0  # start-up with 10,000 routes, to the first /healthz answer
+GOAL_CPU_RATIO = 1.0  # static-all: CPU per request at most 1.0x the static passthrough's
+
+STATIC_UPSTREAM = ROOT / "loadtests" / "static_upstream.py"
+STATIC_SERVERS = ("auto", "nginx", "python")
 
 
 class BenchError(Exception):
@@ -226,10 +244,17 @@ class RunResult:
     p50_ms: float
     p99_ms: float
     errors: int  # non-2xx answers, broken connections, timeouts
+    cpu_s: float | None = None  # CPU seconds of the target's server processes meanwhile
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        if self.cpu_s is None or not self.requests:
+            return None
+        return self.cpu_s / self.requests * 1e6
 
 
 class _LoadProtocol(asyncio.Protocol):
@@ -445,6 +470,17 @@ def children_of(pid: int) -> list[int]:
     return sorted(found)
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of one process (all its threads) from /proc/<pid>/stat,
+    in seconds; None when the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # fields[0] is field 3, the state
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def memory_mib(pid: int) -> dict[str, float]:
     """VmRSS (resident, shared pages included) and Pss (shared pages split) in MiB."""
     out: dict[str, float] = {}
@@ -531,6 +567,16 @@ class Server:
             "master_rss_mib": round(memory_mib(self.process.pid).get("rss_mib", 0.0), 1),
         }
 
+    def cpu(self) -> tuple[float, list[int]]:
+        """CPU seconds of the master and its workers, and the workers' PIDs: a worker
+        that exits between two readings takes its CPU time with it."""
+        assert self.process is not None
+        workers = children_of(self.process.pid)
+        total = 0.0
+        for pid in [self.process.pid, *workers]:
+            total += cpu_seconds(pid) or 0.0
+        return total, workers
+
     def tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
@@ -611,6 +657,52 @@ def first_user_id(stub_port: int) -> str:
     if status != 200:
         raise BenchError(f"the users stub answered {status} to GET /users?limit=1: {body}")
     return str(json.loads(body)["data"][0]["id"])
+
+
+def static_body() -> bytes:
+    """The static upstream's answer: the same bytes from nginx and from ours."""
+    sys.path.insert(0, str(STATIC_UPSTREAM.parent))
+    try:
+        import static_upstream
+    finally:
+        sys.path.remove(str(STATIC_UPSTREAM.parent))
+    return bytes(static_upstream.BODY)
+
+
+def nginx_config(port: int, folder: Path) -> str:
+    """nginx in the foreground, one worker, answering every GET with static_body(),
+    its files (PID, logs, temporary folders) under `folder`."""
+    body = static_body().decode()
+    if any(c in body for c in "'$\\"):
+        raise BenchError("the static body cannot go into nginx's return as it is")
+    temp = "\n".join(
+        f"    {kind}_temp_path {folder / kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+    return f"""\
+daemon off;
+master_process on;
+worker_processes 1;
+pid {folder / "nginx.pid"};
+error_log {folder / "error.log"} warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    server_tokens off;
+    keepalive_timeout 60s;
+    keepalive_requests 1000000;
+{temp}
+    server {{
+        listen {LOOPBACK}:{port};
+        default_type application/json;
+        location / {{
+            return 200 '{body}';
+        }}
+    }}
+}}
+"""
 
 
 def _filler_route(i: int, auth: Any, **policies: Any) -> dict[str, Any]:
@@ -771,6 +863,7 @@ class Target:
     rounds: list[RunResult] = dataclasses.field(default_factory=list)
     latencies: list[float] = dataclasses.field(default_factory=list)
     checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    upstream: str = "users"  # users (the stub) or static (the near-free upstream)
 
 
 def redis_problem(url: str) -> str | None:
@@ -845,6 +938,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=env("BENCH_GENERATOR", "auto"),
         help="load generator for throughput: wrk when installed (auto), or the Python one",
     )
+    p.add_argument(
+        "--static-server",
+        choices=STATIC_SERVERS,
+        default=env("BENCH_STATIC_SERVER", "auto"),
+        help="the near-free upstream of the static-* targets: nginx when installed (auto), "
+        "or loadtests/static_upstream.py (python)",
+    )
     p.add_argument("--out", type=Path, default=Path(env("BENCH_OUT", str(RESULTS))))
     p.add_argument("--keep", action="store_true", help="keep the work folder (configs, logs)")
     args = p.parse_args(argv)
@@ -876,6 +976,7 @@ class Bench:
         self.generator = "python"
         self.wrk: str | None = None
         bin_dir = Path(sys.executable).parent
+        self.static_server = ""  # what serves the static-* targets, for the JSON
         self.gateway_bin = str(bin_dir / "gateway")
         self.stub_bin = str(bin_dir / "upstream-stub")
         self.env = {
@@ -936,32 +1037,82 @@ class Bench:
         stub_url = f"http://{LOOPBACK}:{stub_port}"
         self.targets.append(Target("direct", "stub", None, None, stub, f"/users/{user_id}"))
 
-        port = free_port()
-        argv = [sys.executable, str(PASSTHROUGH), "--upstream", stub_url, "--port", str(port)]
-        argv += ["--workers", str(a.workers), "--threads", str(a.threads)]
-        passthrough = self.server("passthrough", argv, port, a.workers)
-        self.targets.append(
-            Target("passthrough", "passthrough", None, None, passthrough, f"/users/{user_id}")
-        )
+        self.passthrough("passthrough", stub_url, f"/users/{user_id}")
 
         plans = [(v, a.routes[0], v) for v in a.variants]
         plans += [(a.sweep_variant, n, f"{a.sweep_variant}@{n}") for n in a.routes[1:]]
         for variant, routes, name in plans:
-            bucket = f"bench-{self.tag}-{re.sub(r'[^A-Za-z0-9]', '', name)}"
-            config = gateway_config(
-                variant, routes, stub_url, key_file, a.redis_url, a.strategy, bucket
-            )
-            path = self.workdir / f"gateway-{re.sub(r'[^A-Za-z0-9]', '_', name)}.yaml"
-            path.write_text(yaml.safe_dump(config, sort_keys=False))
-            port = free_port()
-            argv = [self.gateway_bin, "serve", "-c", str(path), "--host", LOOPBACK]
-            argv += ["--port", str(port), "--workers", str(a.workers), "--threads", str(a.threads)]
-            server = self.server(f"gateway {name} ({routes} routes)", argv, port, a.workers)
-            self.targets.append(
-                Target(name, "gateway", variant, routes, server, f"/api/v1/users/{user_id}")
-            )
+            self.gateway(name, variant, routes, stub_url, key_file, f"/api/v1/users/{user_id}")
+
+        # The same on a near-free upstream (the path is the stub's, for the same bytes).
+        static = self.start_static()
+        static_url = f"http://{LOOPBACK}:{static.port}"
+        self.targets.append(
+            Target("static-direct", "static", None, None, static, f"/users/{user_id}")
+        )
+        self.targets[-1].upstream = "static"
+        self.passthrough("static-passthrough", static_url, f"/users/{user_id}", "static")
+        if "all" in a.variants:
+            path = f"/api/v1/users/{user_id}"
+            self.gateway("static-all", "all", a.routes[0], static_url, key_file, path, "static")
         for target in self.targets:
             self.check(target)
+
+    def passthrough(self, name: str, upstream_url: str, path: str, upstream: str = "users") -> None:
+        a = self.args
+        port = free_port()
+        argv = [sys.executable, str(PASSTHROUGH), "--upstream", upstream_url, "--port", str(port)]
+        argv += ["--workers", str(a.workers), "--threads", str(a.threads)]
+        server = self.server(name, argv, port, a.workers)
+        self.targets.append(
+            Target(name, "passthrough", None, None, server, path, upstream=upstream)
+        )
+
+    def gateway(
+        self,
+        name: str,
+        variant: str,
+        routes: int,
+        upstream_url: str,
+        key_file: Path,
+        path: str,
+        upstream: str = "users",
+    ) -> None:
+        a = self.args
+        bucket = f"bench-{self.tag}-{re.sub(r'[^A-Za-z0-9]', '', name)}"
+        config = gateway_config(
+            variant, routes, upstream_url, key_file, a.redis_url, a.strategy, bucket
+        )
+        config_file = self.workdir / f"gateway-{re.sub(r'[^A-Za-z0-9]', '_', name)}.yaml"
+        config_file.write_text(yaml.safe_dump(config, sort_keys=False))
+        port = free_port()
+        argv = [self.gateway_bin, "serve", "-c", str(config_file), "--host", LOOPBACK]
+        argv += ["--port", str(port), "--workers", str(a.workers), "--threads", str(a.threads)]
+        server = self.server(f"gateway {name} ({routes} routes)", argv, port, a.workers)
+        self.targets.append(
+            Target(name, "gateway", variant, routes, server, path, upstream=upstream)
+        )
+
+    def start_static(self) -> Server:
+        """The near-free upstream: nginx (one worker) when installed and not refused
+        by --static-server, else loadtests/static_upstream.py (one process)."""
+        wanted = self.args.static_server
+        nginx = shutil.which("nginx")
+        if wanted == "nginx" and not nginx:
+            raise BenchError("--static-server nginx, but nginx is not installed")
+        port = free_port()
+        if nginx and wanted in ("auto", "nginx"):
+            folder = self.workdir / "nginx"
+            folder.mkdir(exist_ok=True)
+            config = folder / "nginx.conf"
+            config.write_text(nginx_config(port, folder))
+            done = subprocess.run([nginx, "-v"], capture_output=True, text=True, timeout=10)
+            self.static_server = (done.stderr.strip() or "nginx").replace("nginx version: ", "")
+            argv = [nginx, "-p", str(folder), "-c", str(config)]
+            return self.server("static upstream (nginx)", argv, port, 1)
+        self.static_server = "static_upstream.py"
+        argv = [sys.executable, str(STATIC_UPSTREAM), "--port", str(port)]
+        return self.server("static upstream (python)", argv, port, 0)
 
     def check(self, target: Target, attempts: int = 3) -> None:
         """One request first: 200, and the headers that show the policies ran (a few
@@ -1072,14 +1223,31 @@ class Bench:
         for r in range(a.rounds):
             shift = r % len(self.targets)
             for target in self.targets[shift:] + self.targets[:shift]:
-                result = self.load(target, a.duration)
+                result = self.measured_load(target, a.duration)
                 target.rounds.append(result)
                 self.say(
-                    f"  round {r + 1}/{a.rounds} {target.name:<14} {result.rps:8.0f} req/s  "
-                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms"
+                    f"  round {r + 1}/{a.rounds} {target.name:<18} {result.rps:8.0f} req/s  "
+                    f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
+                    f"CPU {_fmt(result.cpu_us_per_request, '.0f')} µs/req"
                     + (f"  ERRORS {result.errors}" if result.errors else "")
                 )
                 time.sleep(0.2)
+
+    def measured_load(self, target: Target, seconds: float) -> RunResult:
+        """One throughput run, with the CPU time its server processes spent meanwhile.
+        The bench never reloads a server (no --watch, no SIGHUP, no max_requests), so
+        its workers stay; one that went (and took its CPU time with it) stops the bench
+        rather than make the figure undercount."""
+        before, workers = target.server.cpu()
+        result = self.load(target, seconds)
+        after, workers_after = target.server.cpu()
+        if workers_after != workers:
+            raise BenchError(
+                f"{target.name}: its workers changed during a run ({workers} -> "
+                f"{workers_after}); the CPU per request would be wrong:\n{target.server.tail()}"
+            )
+        result.cpu_s = after - before
+        return result
 
     # -- results
 
@@ -1094,18 +1262,41 @@ class Bench:
             t.rps / b.rps for t, b in zip(target.rounds, base.rounds, strict=True) if b.rps
         )
 
+    def cpu_ratio(self, target: Target, base: Target | None) -> float | None:
+        """Median over the rounds of target CPU/request over base's in the same round."""
+        if base is None:
+            return None
+        pairs = [
+            (t.cpu_us_per_request, b.cpu_us_per_request)
+            for t, b in zip(target.rounds, base.rounds, strict=True)
+        ]
+        ratios = [t / b for t, b in pairs if t is not None and b]
+        return statistics.median(ratios) if ratios else None
+
+    def bases(self, target: Target) -> tuple[Target | None, Target | None]:
+        """The direct and passthrough targets on the same upstream as `target`."""
+        if target.upstream == "static":
+            return self.by_name("static-direct"), self.by_name("static-passthrough")
+        return self.by_name("direct"), self.by_name("passthrough")
+
     def summary(self, started: float) -> dict[str, Any]:
         a = self.args
-        direct, passthrough = self.by_name("direct"), self.by_name("passthrough")
-        assert direct is not None
-        direct_c1 = sorted(direct.latencies)
+        users_direct = self.by_name("direct")
+        assert users_direct is not None
+        users_direct_c1 = sorted(users_direct.latencies)
         rows = []
         for t in self.targets:
+            direct, passthrough = self.bases(t)
+            assert direct is not None
+            direct_c1 = sorted(direct.latencies)
             lat = sorted(t.latencies)
             rps = [r.rps for r in t.rounds]
-            memory = t.server.memory() if t.kind != "stub" else None
-            if t.kind == "stub":
-                memory = {"max_rss_mib": round(memory_mib(t.server.worker_pids[0])["rss_mib"], 1)}
+            cpu = [c for c in (r.cpu_us_per_request for r in t.rounds) if c is not None]
+            if t.kind in ("stub", "static"):
+                pid = (t.server.worker_pids or [t.server.process.pid if t.server.process else 0])[0]
+                memory: dict[str, Any] = {"max_rss_mib": round(memory_mib(pid)["rss_mib"], 1)}
+            else:
+                memory = t.server.memory()
             rows.append(
                 {
                     "name": t.name,
@@ -1113,11 +1304,13 @@ class Bench:
                     "variant": t.variant,
                     "routes": t.routes,
                     "path": t.path,
+                    "upstream": t.upstream,
                     "throughput": {
                         "rps": round(statistics.median(rps), 1),
                         "p50_ms": round(statistics.median(r.p50_ms for r in t.rounds), 3),
                         "p99_ms": round(statistics.median(r.p99_ms for r in t.rounds), 3),
                         "errors": sum(r.errors for r in t.rounds),
+                        "cpu_us_per_request": round(statistics.median(cpu), 1) if cpu else None,
                         "rounds": [
                             {
                                 "rps": round(r.rps, 1),
@@ -1126,12 +1319,15 @@ class Bench:
                                 "p50_ms": round(r.p50_ms, 3),
                                 "p99_ms": round(r.p99_ms, 3),
                                 "errors": r.errors,
+                                "cpu_s": _round(r.cpu_s, 3),
+                                "cpu_us_per_request": _round(r.cpu_us_per_request, 1),
                             }
                             for r in t.rounds
                         ],
                     },
                     "ratio_vs_direct": _round(self.ratio(t, direct), 3),
                     "ratio_vs_passthrough": _round(self.ratio(t, passthrough), 3),
+                    "ratio_cpu_vs_passthrough": _round(self.cpu_ratio(t, passthrough), 3),
                     "latency_c1": {
                         "requests": len(lat),
                         "p50_ms": round(percentile(lat, 0.5), 3),
@@ -1147,7 +1343,7 @@ class Bench:
             )
             if t.variant == "compose":
                 rows[-1]["compose"] = compose_figures(
-                    percentile(lat, 0.5), percentile(direct_c1, 0.5)
+                    percentile(lat, 0.5), percentile(users_direct_c1, 0.5)
                 )
         return {
             "bench": "gateway",
@@ -1161,6 +1357,8 @@ class Bench:
                 "python": platform.python_version(),
                 "platform": platform.platform(),
                 "load_generator": self.generator,
+                "static_server": self.static_server,
+                "clock_ticks_per_s": os.sysconf("SC_CLK_TCK"),
             },
             "settings": {
                 "quick": a.quick,
@@ -1179,6 +1377,7 @@ class Bench:
                 "rate_limit": REDIS_LIMIT,
                 "strategy": a.strategy,
                 "stub_threads": 8,
+                "static_server": a.static_server,
             },
             "targets": rows,
             "goals": self.goals(rows),
@@ -1258,7 +1457,30 @@ class Bench:
                 f"{biggest['name']}: start-up in {startup:.2f} s with {biggest['routes']} "
                 "routes (goal < 2 s)",
             )
+        static_all, static_pass = by_name.get("static-all"), by_name.get("static-passthrough")
+        if static_all is not None and static_pass is not None:
+            ratio = static_all["ratio_cpu_vs_passthrough"]
+            mine = static_all["throughput"]["cpu_us_per_request"]
+            theirs = static_pass["throughput"]["cpu_us_per_request"]
+            if ratio is not None and mine is not None and theirs is not None:
+                goal(
+                    "all_cpu_vs_passthrough",
+                    "every policy on, on the near-free upstream: CPU per request at most "
+                    "1.0x the passthrough's (value: median of the per-round ratios)",
+                    ratio,
+                    GOAL_CPU_RATIO,
+                    ratio <= GOAL_CPU_RATIO,
+                    cpu_line("static-all", ratio, mine, theirs),
+                )
         return goals
+
+
+def cpu_line(name: str, ratio: float, mine: float, theirs: float) -> str:
+    """The goal line of the CPU per request against the passthrough's."""
+    return (
+        f"{name}: {ratio:.2f}x the passthrough's CPU per request (µs: {mine:.0f} against "
+        f"{theirs:.0f}; goal <= {GOAL_CPU_RATIO:.1f}x)"
+    )
 
 
 def compose_figures(c1_p50_ms: float, direct_c1_p50_ms: float) -> dict[str, Any]:
@@ -1302,29 +1524,31 @@ def _fmt(value: float | None, spec: str, empty: str = "-") -> str:
 def table(result: dict[str, Any]) -> str:
     s = result["settings"]
     head = (
-        f"{'target':<14}{'routes':>7}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'target':<19}{'routes':>7}{'req/s':>9}{'p50 ms':>8}{'p99 ms':>8}"
         f"{'x direct':>10}{'x passthr':>10}{'c1 p50':>8}{'c1 p99':>8}{'c1 +p50':>9}"
-        f"{'start s':>9}{'RSS MiB':>9}"
+        f"{'start s':>9}{'RSS MiB':>9}{'CPU µs/req':>12}"
     )
     lines = [
         f"requests/s, p50 and p99 at {s['connections']} connections (median of "
         f"{s['rounds']} x {s['duration_s']} s); c1: {s['latency_requests']} sequential "
         f"requests; {s['workers']} workers x {s['threads']} threads; "
-        f"{result['machine']['load_generator']}",
+        f"{result['machine']['load_generator']}; static: {result['machine']['static_server']}",
         head,
         "-" * len(head),
     ]
     for row in result["targets"]:
         tp, c1 = row["throughput"], row["latency_c1"]
+        upstream = row["kind"] in ("stub", "static")
         lines.append(
-            f"{row['name']:<14}{_fmt(row['routes'], 'd'):>7}{tp['rps']:>9.0f}"
+            f"{row['name']:<19}{_fmt(row['routes'], 'd'):>7}{tp['rps']:>9.0f}"
             f"{tp['p50_ms']:>8.2f}{tp['p99_ms']:>8.2f}"
             f"{_fmt(row['ratio_vs_direct'], '.2f'):>10}"
             f"{_fmt(row['ratio_vs_passthrough'], '.2f'):>10}"
             f"{c1['p50_ms']:>8.3f}{c1['p99_ms']:>8.3f}"
-            f"{_fmt(None if row['kind'] == 'stub' else c1['added_p50_ms'], '+.3f'):>9}"
-            f"{_fmt(None if row['kind'] == 'stub' else row['startup_s'], '.2f'):>9}"
+            f"{_fmt(None if upstream else c1['added_p50_ms'], '+.3f'):>9}"
+            f"{_fmt(None if upstream else row['startup_s'], '.2f'):>9}"
             f"{_fmt((row['memory'] or {}).get('max_rss_mib'), '.1f'):>9}"
+            f"{_fmt(tp['cpu_us_per_request'], '.0f'):>12}"
             + (f"  errors: {tp['errors']}" if tp["errors"] else "")
         )
     lines.append("")

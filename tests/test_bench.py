@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -23,6 +25,8 @@ import bench  # noqa: E402  (loadtests/bench.py: a script, not a package)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TARGETS = ["direct", "passthrough", "none", "jwt", "jwt+redis", "all", "compose", "all@100"]
+TARGETS += ["static-direct", "static-passthrough", "static-all"]
+STATIC_UPSTREAM = ROOT / "loadtests" / "static_upstream.py"
 PARTS = ["users_a", "users_b", "users_c"]
 
 
@@ -137,6 +141,140 @@ def test_compose_figures_and_line() -> None:
     )
 
 
+def test_cpu_seconds_reads_this_process_busy_work() -> None:
+    pid = os.getpid()
+    before = bench.cpu_seconds(pid)
+    times_before = os.times()
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:  # 0.3 s of CPU in this process
+        sum(range(1000))
+    after = bench.cpu_seconds(pid)
+    spent = (os.times().user + os.times().system) - (times_before.user + times_before.system)
+    assert before is not None and after is not None
+    # Clock ticks (1/100 s, usually): within a few ticks of what os.times() says.
+    assert after - before == pytest.approx(spent, abs=0.05)
+    assert after - before >= 0.25
+    assert bench.cpu_seconds(2**22 + 12345) is None  # no such process
+
+
+def test_server_cpu_counts_the_master_and_its_workers(tmp_path: Path) -> None:
+    """A master that only waits, and a worker that burns 0.3 s of CPU then sleeps."""
+    busy = "import time\nt = time.process_time() + 0.3\nwhile time.process_time() < t: pass\n"
+    code = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {busy!r} + "
+    code += "'time.sleep(30)'])\ntime.sleep(30)\n"
+    server = bench.Server("busy", [sys.executable, "-c", code], 0, tmp_path / "log", 0)
+    server.process = subprocess.Popen(server.argv)
+    workers: list[int] = []
+    try:
+        for _ in range(100):
+            if workers := bench.children_of(server.process.pid):
+                break
+            time.sleep(0.02)
+        assert len(workers) == 1
+        worker = workers[0]
+        for _ in range(100):  # until the worker has burnt its 0.3 s
+            if (bench.cpu_seconds(worker) or 0.0) >= 0.29:
+                break
+            time.sleep(0.05)
+        total, seen = server.cpu()
+        master = bench.cpu_seconds(server.process.pid)
+        assert seen == [worker] and master is not None
+        assert total - master == pytest.approx(bench.cpu_seconds(worker), abs=0.02)
+        assert total - master >= 0.29
+    finally:
+        for pid in workers:
+            os.kill(pid, 9)
+        server.process.kill()
+        server.process.wait()
+
+
+def _read_response(sock: socket.socket, buf: bytearray) -> tuple[int, bytes, bytes]:
+    while (parsed := bench.parse_response(buf)) is None:
+        data = sock.recv(65536)
+        assert data, "closed before a whole response"
+        buf += data
+    status, end, _ = parsed
+    head, _, body = bytes(buf[:end]).partition(b"\r\n\r\n")
+    del buf[:end]
+    return status, head, body
+
+
+@pytest.fixture
+def static_port() -> Iterator[int]:
+    port = bench.free_port()
+    argv = [sys.executable, str(STATIC_UPSTREAM), "--port", str(port)]
+    process = subprocess.Popen(argv)
+    try:
+        for _ in range(200):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        yield port
+    finally:
+        process.terminate()
+        assert process.wait(timeout=5) == 0
+
+
+def test_static_upstream_answers_get_and_head_on_one_keep_alive_connection(
+    static_port: int,
+) -> None:
+    body = bench.static_body()
+    assert json.loads(body)["id"] and 150 <= len(body) <= 300  # a user's size
+    buf = bytearray()
+    with socket.create_connection(("127.0.0.1", static_port), timeout=5) as sock:
+        for path, method in (("/users/u1", "GET"), ("/healthz", "HEAD"), ("/x?y=1", "GET")):
+            sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            if method == "HEAD":  # no body: read the head alone
+                while b"\r\n\r\n" not in buf:
+                    buf += sock.recv(65536)
+                head, _, rest = bytes(buf).partition(b"\r\n\r\n")
+                buf[:] = rest
+                assert head.startswith(b"HTTP/1.1 200 OK"), head
+                assert f"Content-Length: {len(body)}".encode() in head
+                continue
+            status, head, got = _read_response(sock, buf)
+            assert status == 200 and got == body
+            assert b"Content-Type: application/json" in head and b"Connection: close" not in head
+        assert buf == b""
+        # A body sent with a request is read and dropped; other methods get 405.
+        sock.sendall(b"POST /users HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
+        status, head, _ = _read_response(sock, buf)
+        assert status == 405 and b"Allow: GET, HEAD" in head
+        # Connection: close is honoured: the answer says so and the server closes.
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        status, head, got = _read_response(sock, buf)
+        assert status == 200 and got == body and b"Connection: close" in head
+        assert sock.recv(65536) == b""
+
+
+def test_static_upstream_http10_closes_and_refuses_huge_heads(static_port: int) -> None:
+    with socket.create_connection(("127.0.0.1", static_port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        buf = bytearray()
+        status, head, _ = _read_response(sock, buf)
+        assert status == 200 and b"Connection: close" in head
+        assert sock.recv(65536) == b""
+    with socket.create_connection(("127.0.0.1", static_port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nX: " + b"a" * 20000 + b"\r\n\r\n")
+        status, _, _ = _read_response(sock, bytearray())
+        assert status == 431
+
+
+def test_nginx_config_serves_the_static_body(tmp_path: Path) -> None:
+    config = bench.nginx_config(8099, tmp_path)
+    assert "listen 127.0.0.1:8099;" in config and "daemon off;" in config
+    assert f"return 200 '{bench.static_body().decode()}';" in config
+    assert f"pid {tmp_path / 'nginx.pid'};" in config
+
+
+def test_cpu_goal_line() -> None:
+    assert bench.cpu_line("static-all", 1.2104, 1480.4, 1220.0) == (
+        "static-all: 1.21x the passthrough's CPU per request (µs: 1480 against 1220; goal <= 1.0x)"
+    )
+
+
 @pytest.mark.integration
 def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None:
     problem = _redis_problem()
@@ -168,6 +306,10 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
         assert 0 < c1["p50_ms"] <= c1["p99_ms"], target
         assert target["ratio_vs_direct"] > 0, target
         assert target["ratio_vs_passthrough"] > 0, target
+        assert target["throughput"]["cpu_us_per_request"] > 0, target
+        assert target["ratio_cpu_vs_passthrough"] > 0, target
+        assert all(r["cpu_us_per_request"] > 0 for r in throughput["rounds"]), target
+        assert target["upstream"] == ("static" if target["name"].startswith("static-") else "users")
         assert target["checks"]["status"] == 200, target
         # Counted from the gateway's /metrics; a busy machine may make a few Redis calls
         # miss their deadline, so only the count's presence is checked.
@@ -175,6 +317,13 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
         assert (storage_errors is None) == (target["kind"] != "gateway"), target
     by_name = {t["name"]: t for t in result["targets"]}
     assert by_name["direct"]["ratio_vs_direct"] == 1.0
+    # The static-* targets' ratios are against static-direct and static-passthrough.
+    assert by_name["static-direct"]["ratio_vs_direct"] == 1.0
+    assert by_name["static-passthrough"]["ratio_vs_passthrough"] == 1.0
+    assert by_name["static-passthrough"]["ratio_cpu_vs_passthrough"] == 1.0
+    assert by_name["passthrough"]["ratio_cpu_vs_passthrough"] == 1.0
+    assert by_name["static-all"]["checks"] == by_name["all"]["checks"]
+    assert result["machine"]["static_server"]
     assert by_name["all"]["checks"] == {
         "status": 200,
         "rate_limit_headers": True,
@@ -221,9 +370,15 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
         "routes_rps_spread",
         "rss_per_worker_mib",
         "startup_s_largest_table",
+        "all_cpu_vs_passthrough",
     }
     for goal in goals.values():
         assert isinstance(goal["met"], bool) and goal["value"] is not None, goal
+    cpu_goal = goals["all_cpu_vs_passthrough"]
+    assert cpu_goal["limit"] == 1.0
+    assert cpu_goal["value"] == by_name["static-all"]["ratio_cpu_vs_passthrough"]
+    assert cpu_goal["text"].startswith("static-all: ") and "CPU per request" in cpu_goal["text"]
+    assert "CPU µs/req" in done.stdout
 
     # The table is printed with every target and every goal.
     for name in TARGETS:
