@@ -16,6 +16,8 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.wrappers import Request, Response
 
 from gateway.breaker import State
+from gateway.cache.responses import ResponseCache
+from gateway.cache.store import make_store
 from gateway.clientinfo import client_info, host_warning, require_host
 from gateway.composer import Composer
 from gateway.config import Config, load_config, resolve_config_path
@@ -97,7 +99,19 @@ class Gateway:
         self.composer = Composer(
             self.forwarder, self.forwarder.rewriter, config.gateway.compose_concurrency
         )
-        terminals = Terminals(forward=self.forwarder.forward, compose=self.composer.compose)
+        self.cache = (
+            ResponseCache(
+                config.cache,
+                make_store(config.cache, on_evict=self._cache_evicted),
+                cached_path=self._cached_path,
+                on_invalidated=self._cache_invalidated,
+            )
+            if any(route.cache for route in config.routes)
+            else None
+        )
+        terminals = Terminals(
+            forward=self.forwarder.forward, compose=self.composer.compose, cache=self.cache
+        )
         self.table = RouteTable(
             build_endpoints(config, self.cors, credentials, self.counters, terminals)
         )
@@ -196,6 +210,20 @@ class Gateway:
         ctx.route = match.endpoint.spec
         return match.endpoint.cors.preflight(ctx, route_methods=ctx.route.config.methods)
 
+    def _cached_path(self, path: str) -> bool:
+        """Whether a GET of `path` goes to a route that keeps answers."""
+        try:
+            match = self.table.match("GET", path)
+        except GatewayError:
+            return False
+        return match.endpoint.spec.config.cache is not None
+
+    def _cache_evicted(self, reason: str) -> None:
+        self.metrics.cache_evictions.labels(reason).inc()
+
+    def _cache_invalidated(self, count: int) -> None:
+        self.metrics.cache_evictions.labels("invalidated").inc(count)
+
     def _healthz(self, ctx: RequestContext) -> Response:
         return _json({"status": "ok"})
 
@@ -205,10 +233,16 @@ class Gateway:
         upstream breaker of this worker is open."""
         storage_ok = self.counters.reachable()
         deny = self.config.rate_limits.on_storage_error == "deny"
+        cache_ok = self.cache is None or self.cache.store.reachable()
+        cache_deny = self.config.cache.on_storage_error == "deny"
         breakers = {name: b.state for name, b in sorted(self.forwarder.breakers.items())}
         # An open breaker unreadies; half-open does not: traffic must come back for the
         # probe that can close it (a pod out of rotation would otherwise never recover).
-        ready = (storage_ok or not deny) and "open" not in breakers.values()
+        ready = (
+            (storage_ok or not deny)
+            and (cache_ok or not cache_deny)
+            and "open" not in breakers.values()
+        )
         checks = {
             "config": "loaded",
             "config_sha256": self.digest[:12] if self.digest else None,
@@ -218,6 +252,14 @@ class Gateway:
             else ("unreachable: requests get 503" if deny else "unreachable: limits not applied"),
             "upstream_breakers": breakers,
         }
+        if self.cache is not None:
+            checks["cache_storage"] = (
+                "ok"
+                if cache_ok
+                else "unreachable: cached routes get 503"
+                if cache_deny
+                else "unreachable: answers not kept"
+            )
         status: dict[str, object] = {"status": "ready" if ready else "not_ready"}
         # Upstream names and breaker states are a map of the backend: only the
         # operators' networks (metrics_allow) are shown them.
@@ -286,6 +328,12 @@ class Gateway:
             m.auth_failures.labels(ctx.auth_failure).inc()
         if ctx.rate_limit_storage_failed:
             m.storage_errors.inc()
+        if ctx.cache_result is not None:
+            m.cache_lookups.labels(route, ctx.cache_result).inc()
+        if ctx.cache_stored:
+            m.cache_stores.labels(route).inc()
+        if ctx.cache_storage_failed:
+            m.cache_storage_errors.inc()
 
     def _log(self, ctx: RequestContext, response: Response) -> None:
         seconds = time.perf_counter() - ctx.started
@@ -302,6 +350,7 @@ class Gateway:
             upstream=ctx.route.upstream.name if ctx.route and ctx.route.upstream else None,
             upstream_ms=None if ctx.upstream_ms is None else round(ctx.upstream_ms, 3),
             upstream_error=ctx.upstream_error,
+            cache=ctx.cache_result,
             parts=[
                 {
                     "name": p.name,

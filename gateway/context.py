@@ -58,3 +58,10 @@ class RequestContext:
     rate_limit_storage_failed: bool = False
     upstream_error: str | None = None  # refused, reset, timeout, bad_response, breaker_open
     parts: tuple[PartOutcome, ...] = ()  # a composed request's parts, in route order
+    # Set by the response cache: the validators to send in place of the client's own
+    # conditional fields (an empty tuple: none), and how large a body to read whole.
+    upstream_conditional: tuple[tuple[str, str], ...] | None = None
+    whole_body_bytes: int | None = None
+    cache_result: str | None = None  # hit, miss, stale, bypass, error
+    cache_stored: bool = False
+    cache_storage_failed: bool = False

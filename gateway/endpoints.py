@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from gateway.config.model import Config
+from gateway.cache.responses import ResponseCache
+from gateway.config.model import Config, Route
 from gateway.cors import Cors
 from gateway.credentials.apikeys import ApiKeyRing
 from gateway.credentials.jwt import JwtVerifier
@@ -39,6 +40,30 @@ class Terminals:
 
     forward: Terminal
     compose: Terminal
+    cache: ResponseCache | None = None  # None: no route keeps answers
+
+
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
+def _terminal(route: Route, config: Config, terminals: Terminals) -> Terminal:
+    """Forward or compose; a cached route's answers kept around that; an unsafe
+    method's answer dropping the kept answers of its path."""
+    terminal = terminals.compose if route.compose else terminals.forward
+    cache = terminals.cache
+    if cache is None:
+        return terminal
+    if route.cache is not None:
+        if route.compose is not None:
+            wait = route.compose.timeout
+        else:
+            assert route.upstream is not None
+            upstream = config.upstreams[route.upstream]
+            wait = upstream.connect_timeout + upstream.timeout
+        return cache.terminal(route, terminal, wait)
+    if _UNSAFE.intersection(route.methods):
+        return cache.invalidating(terminal)
+    return terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +114,6 @@ def build_endpoints(
         if route.deprecation:
             policies.append(AnnounceDeprecation(route.deprecation))
         spec = RouteSpec.build(index, route, config.upstreams)
-        terminal = terminals.compose if route.compose else terminals.forward
+        terminal = _terminal(route, config, terminals)
         endpoints.append(Endpoint(spec, PolicyChain(policies), terminal, cors))
     return endpoints

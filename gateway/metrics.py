@@ -86,6 +86,31 @@ class Metrics:
             "Rate-limit storage calls that failed or timed out.",
             registry=r,
         )
+        self.cache_lookups = prom.Counter(
+            "gateway_cache_lookups",
+            "Requests to cached routes, by route and result: hit, miss, stale (checked "
+            "with the upstream), bypass (not cacheable), error (storage failed).",
+            ["route", "result"],
+            registry=r,
+        )
+        self.cache_stores = prom.Counter(
+            "gateway_cache_stores",
+            "Answers kept (or kept again after a 304), by route.",
+            ["route"],
+            registry=r,
+        )
+        self.cache_evictions = prom.Counter(
+            "gateway_cache_evictions",
+            "Kept answers dropped before they expired, by reason: size (the memory "
+            "budget) or invalidated (an unsafe method to their path).",
+            ["reason"],
+            registry=r,
+        )
+        self.cache_storage_errors = prom.Counter(
+            "gateway_cache_storage_errors",
+            "Cache storage calls that failed or timed out.",
+            registry=r,
+        )
         self.config_info = prom.Gauge(
             "gateway_config_info",
             "The configuration in service, by the first 12 hex digits of its sha256.",

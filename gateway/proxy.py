@@ -24,6 +24,7 @@ from gateway.config.model import Config, Upstream
 from gateway.context import RequestContext
 from gateway.deadline import deadline_at
 from gateway.forward.headers import (
+    CONDITIONAL,
     PART_DROP,
     PART_OWN,
     REQUEST_OWN,
@@ -148,6 +149,8 @@ class Forwarder:
     def request_headers(self, ctx: RequestContext) -> list[tuple[str, str]]:
         request = ctx.request
         drop = self.request_drop | connection_named(request.headers.getlist("Connection"))
+        if ctx.upstream_conditional is not None:
+            drop |= CONDITIONAL
         headers = [
             (name, value)
             for name, value in request.headers.items()
@@ -163,6 +166,8 @@ class Forwarder:
         if TRACEPARENT.match(traceparent):
             headers.append(("traceparent", traceparent))
         headers += list(ctx.upstream_headers.items())
+        if ctx.upstream_conditional:
+            headers += list(ctx.upstream_conditional)
         return headers
 
     def request_body(self, ctx: RequestContext) -> BufferedBody:
@@ -298,7 +303,8 @@ class Forwarder:
                 )
             finally:
                 body.close()  # sent (or given up on): a spooled upload's file goes
-            small_body = self._small_body(method, response, deadline, upstream)
+            whole_below = max(_READ_ALL_BELOW, ctx.whole_body_bytes or 0)
+            small_body = self._small_body(method, response, deadline, upstream, whole_below)
         except UpstreamFailed as failure:
             ctx.upstream_ms = (time.perf_counter() - started) * 1000
             ctx.upstream_error = failure.kind
@@ -372,7 +378,12 @@ class Forwarder:
         return UpstreamFailed(kind, self._unavailable(upstream, "failed to answer"))
 
     def _small_body(
-        self, method: str, response: httpcore.Response, deadline: float, upstream: Upstream
+        self,
+        method: str,
+        response: httpcore.Response,
+        deadline: float,
+        upstream: Upstream,
+        whole_below: int,
     ) -> bytes | None:
         """A small successful body, read whole before the client is answered: the
         connection goes back to the pool at once, the client gets one write, and a
@@ -387,7 +398,7 @@ class Forwarder:
             if not 200 <= status < 300:
                 return None
             declared = header(response.headers, b"content-length")
-            if declared is None or not declared.isdigit() or int(declared) > _READ_ALL_BELOW:
+            if declared is None or not declared.isdigit() or int(declared) > whole_below:
                 return None
             if header(response.headers, b"transfer-encoding") is not None:
                 return None  # framed by its chunks: the length is not the body's

@@ -45,6 +45,7 @@ FIELDS = {
     "upstream",
     "upstream_ms",
     "upstream_error",
+    "cache",
     "parts",
     "client",
     "auth_method",

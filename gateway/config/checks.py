@@ -215,18 +215,20 @@ class Checker:
                 seen_digests.setdefault(digest.lower(), index)
 
     def _storage(self) -> None:
-        storage = nested_value(self.data, "rate_limits", "storage")
-        if isinstance(storage, str):
+        for section in ("rate_limits", "cache"):
+            storage = nested_value(self.data, section, "storage")
+            if not isinstance(storage, str):
+                continue
             scheme = urlsplit(storage).scheme
             if scheme not in _STORAGE_SCHEMES:
                 self.fail(
-                    ("rate_limits", "storage"),
-                    f"rate_limits.storage {storage!r}: use memory:// or redis://host:port/db",
+                    (section, "storage"),
+                    f"{section}.storage {storage!r}: use memory:// or redis://host:port/db",
                 )
             elif scheme == "redis+sentinel" and not urlsplit(storage).path.strip("/"):
                 self.fail(
-                    ("rate_limits", "storage"),
-                    f"rate_limits.storage {storage!r}: name the sentinel service, as in "
+                    (section, "storage"),
+                    f"{section}.storage {storage!r}: name the sentinel service, as in "
                     "redis+sentinel://host:26379/mymaster",
                 )
 

@@ -42,6 +42,7 @@ from gateway.config.model import (
     JwtSettings,
     RateLimit,
     Route,
+    RouteCache,
     Versions,
 )
 
@@ -345,6 +346,13 @@ def _compose_lines(old: Compose | None, new: Compose | None) -> list[str]:
     return lines
 
 
+def _cache_text(cache: RouteCache | None) -> str:
+    if cache is None:
+        return "none"
+    vary = f", vary {', '.join(cache.vary)}" if cache.vary else ""
+    return f"ttl {cache.ttl}s, scope {cache.scope}{vary}"
+
+
 def route_summary(config: Config, route: Route) -> list[Line]:
     """What an added route lets in and where it sends it."""
     if route.compose is not None:
@@ -361,6 +369,8 @@ def route_summary(config: Config, route: Route) -> list[Line]:
     ]
     if route.deprecation is not None:
         lines.append(("deprecation", _deprecation_text(route.deprecation)))
+    if route.cache is not None:
+        lines.append(("cache", _cache_text(route.cache)))
     return lines
 
 
@@ -404,6 +414,8 @@ def route_changes(old_config: Config, old: Route, new_config: Config, new: Route
     add("versions", _versions_lines(old.versions, new.versions))
     add("deprecation", _deprecation_lines(old.deprecation, new.deprecation))
     add("compose", _compose_lines(old.compose, new.compose))
+    if old.cache != new.cache:
+        add("cache", [_change(_cache_text(old.cache), _cache_text(new.cache))])
     old_cors = _effective_cors(old_config, old)
     new_cors = _effective_cors(new_config, new)
     for field, text in _field_lines(old_cors, new_cors, old_config, new_config):
@@ -471,6 +483,7 @@ def settings_changes(old: Config, new: Config) -> list[Line]:
         lines.append(("auth.jwt", "removed"))
     lines += _api_keys_lines(old.auth.api_keys, new.auth.api_keys)
     lines += _prefixed("rate_limits", _field_lines(old.rate_limits, new.rate_limits, old, new))
+    lines += _prefixed("cache", _field_lines(old.cache, new.cache, old, new))
     for name in sorted(old.upstreams.keys() | new.upstreams.keys()):
         a, b = old.upstreams.get(name), new.upstreams.get(name)
         label = f"upstreams.{name}"

@@ -27,6 +27,7 @@ from gateway.config.model import (
     ApiKey,
     ApiKeySettings,
     AuthSettings,
+    CacheSettings,
     Compose,
     ComposePart,
     Config,
@@ -38,6 +39,7 @@ from gateway.config.model import (
     RateLimit,
     RateLimitSettings,
     Route,
+    RouteCache,
     Upstream,
     VersionOption,
     Versions,
@@ -133,6 +135,27 @@ def _upstream_path(route: dict[str, Any]) -> str:
     if versions:  # the default version's path stands for the route in tables and links
         return str(versions["options"][versions["default"]]["upstream_path"])
     return str(route.get("upstream_path", route["path"]))
+
+
+def _route_cache(data: dict[str, Any] | None, public: bool) -> RouteCache | None:
+    if data is None:
+        return None
+    return RouteCache(
+        ttl=int(data["ttl"]),
+        # An authenticated route's answers are each caller's unless it says otherwise.
+        scope=data.get("scope", "public" if public else "identity"),
+        vary=tuple(dict.fromkeys(name.lower() for name in data.get("vary", ()))),
+    )
+
+
+def _cache_settings(data: dict[str, Any]) -> CacheSettings:
+    return CacheSettings(
+        storage=_get(data, CacheSettings, "storage"),
+        max_bytes=int(_get(data, CacheSettings, "max_bytes")),
+        max_entry_bytes=int(_get(data, CacheSettings, "max_entry_bytes")),
+        storage_timeout_ms=int(_get(data, CacheSettings, "storage_timeout_ms")),
+        on_storage_error=_get(data, CacheSettings, "on_storage_error"),
+    )
 
 
 def _compose(data: dict[str, Any] | None) -> Compose | None:
@@ -280,6 +303,7 @@ def _build(bundle: Bundle) -> Config:
                 deprecation=share(_deprecation(r.get("deprecation"))),
                 versions=share(_versions(r.get("versions"))),
                 compose=_compose(r.get("compose")),
+                cache=_route_cache(r.get("cache"), r["auth"] == "public"),
                 location=Location(pos.file or file, pos.line, pos.column),
             )
         )
@@ -315,4 +339,5 @@ def _build(bundle: Bundle) -> Config:
         upstreams=MappingProxyType(upstreams),
         routes=tuple(routes),
         files=bundle.files,
+        cache=_cache_settings(data.get("cache", {})),
     )

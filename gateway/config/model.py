@@ -15,6 +15,7 @@ AuthMethod = Literal["jwt", "api_key"]
 RateLimitKey = Literal["identity", "ip"]
 RateLimitStrategy = Literal["moving-window", "fixed-window", "sliding-window-counter"]
 StorageErrorMode = Literal["allow", "deny"]
+CacheScope = Literal["public", "tenant", "identity"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +178,26 @@ class Compose:
 
 
 @dataclass(frozen=True, slots=True)
+class RouteCache:
+    """A route's answers kept for `ttl` seconds at most, per `scope`, by `vary`."""
+
+    ttl: int
+    scope: CacheScope  # public: one copy for all; tenant: per tenant; identity: per caller
+    vary: tuple[str, ...] = ()  # request fields whose values each get their own copy
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    """Where cached answers are kept (the routes' `cache` say which are)."""
+
+    storage: str = "memory://"  # memory:// (per worker) or a Redis shared by all
+    max_bytes: int = 67_108_864  # the memory store's budget per worker
+    max_entry_bytes: int = 1_048_576  # larger answers are passed on, not kept
+    storage_timeout_ms: int = 50
+    on_storage_error: StorageErrorMode = "allow"  # allow: forward uncached; deny: 503
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     path: str
@@ -192,6 +213,7 @@ class Route:
     deprecation: Deprecation | None = None  # a deprecated URL version
     versions: Versions | None = None  # header versioning: upstream path per version
     compose: Compose | None = None  # several upstream calls merged into one answer
+    cache: RouteCache | None = None  # None: answers are never kept
     location: Location | None = field(default=None, compare=False)
 
     @property
@@ -211,6 +233,7 @@ class Config:
     # Every file read: `source` (the entry file) first, then those its `include` named,
     # in the order they were read.
     files: tuple[str, ...] = ()
+    cache: CacheSettings = CacheSettings()
 
     def summary(self) -> str:
         text = f"{self.source}: OK, {len(self.routes)} routes to {len(self.upstreams)} upstreams"

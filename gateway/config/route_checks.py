@@ -94,6 +94,7 @@ class RouteRules:
                 self._same_params((*at, "upstream_path"), template, upstream_template, label)
             self._versions(at, route, template, label)
             self._compose(at, route, template, upstream_names, label)
+            self._cache(at, route, label)
             self._deprecation((*at, "deprecation"), route.get("deprecation"), template, label)
             check_roles(self.fail, (*at, "roles"), route.get("roles"), label)
             auth = route.get("auth")
@@ -124,6 +125,27 @@ class RouteRules:
             else (f"; defined: {', '.join(upstream_names)}" if upstream_names else "")
         )
         self.fail(at, f"{label}: upstream {upstream!r} is not defined in upstreams{tip}")
+
+    def _cache(self, at: Path, route: dict[str, Any], label: str) -> None:
+        """Only reads are kept (RFC 9111 §3); an answer kept per tenant or per caller
+        needs a caller to know."""
+        cache = route.get("cache")
+        if not isinstance(cache, dict):
+            return
+        writes = [m for m in string_items(route.get("methods")) if m not in ("GET", "HEAD")]
+        if writes:
+            self.fail(
+                (*at, "methods"),
+                f"{label}: a cached route answers GET and HEAD only, not {', '.join(writes)} "
+                "(give the writes a route of their own: they still drop its kept answers)",
+            )
+        scope = cache.get("scope")
+        if route.get("auth") == "public" and scope in ("tenant", "identity"):
+            self.fail(
+                (*at, "cache", "scope"),
+                f"{label}: a public route has no caller to keep answers per {scope}; "
+                "use scope: public, or authenticate the route",
+            )
 
     def _compose(
         self,

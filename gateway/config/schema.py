@@ -430,6 +430,35 @@ COMPOSE = _object(
     "(instead of `upstream`); GET and HEAD only.",
 )
 
+HEADER_NAME = {"type": "string", "pattern": "^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"}
+ROUTE_CACHE = _object(
+    {
+        "ttl": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 86400,
+            "description": "Seconds an answer is kept at most; the upstream's "
+            "Cache-Control (max-age, s-maxage, no-store, no-cache, private) may shorten "
+            "it or forbid keeping it.",
+        },
+        "scope": {
+            "enum": ["public", "tenant", "identity"],
+            "description": "Who shares a kept answer: public (every caller), tenant "
+            "(callers of one tenant_id), identity (one caller: the same identity headers "
+            "upstream). Default: identity, public on a public route.",
+        },
+        "vary": {
+            "type": "array",
+            "items": HEADER_NAME,
+            "description": "Request header fields whose values each get their own copy "
+            "(the upstream's Vary is honoured too), e.g. [Accept-Version].",
+        },
+    },
+    required=["ttl"],
+    description="Keep this route's successful answers and serve them again (GET and "
+    "HEAD routes only); unsafe methods to the same path drop them.",
+)
+
 ROUTE = _object(
     {
         "name": {
@@ -482,8 +511,44 @@ ROUTE = _object(
         },
         "versions": VERSIONS,
         "compose": COMPOSE,
+        "cache": ROUTE_CACHE,
     },
     required=["name", "path", "methods", "auth"],
+)
+
+CACHE = _object(
+    {
+        "storage": {
+            "type": "string",
+            "description": "memory:// (each worker its own, within max_bytes), or a Redis "
+            "shared by every worker and instance: redis://host:port/db, rediss://, "
+            "redis+unix://, redis+cluster://, redis+sentinel://.",
+        },
+        "max_bytes": {
+            "type": "integer",
+            "minimum": 1024,
+            "description": "memory://: bytes of answers one worker keeps; the least "
+            "recently used go first (default 67108864).",
+        },
+        "max_entry_bytes": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 16777216,
+            "description": "Largest answer body kept; larger ones are passed on, not kept "
+            "(default 1048576).",
+        },
+        "storage_timeout_ms": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": 5000,
+            "description": "Socket timeout of each Redis call (default 50).",
+        },
+        "on_storage_error": {
+            "enum": ["allow", "deny"],
+            "description": "When Redis fails, allow: forward uncached; deny: answer 503.",
+        },
+    },
+    description="Where the answers of routes with `cache` are kept.",
 )
 
 UPSTREAMS = {
@@ -515,6 +580,7 @@ SCHEMA: dict[str, Any] = {
                 {"jwt": JWT, "api_keys": API_KEYS}, description="How callers authenticate."
             ),
             "rate_limits": RATE_LIMITS,
+            "cache": CACHE,
             "upstreams": UPSTREAMS,
             "routes": ROUTES,
             "include": INCLUDE,

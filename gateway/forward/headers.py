@@ -66,6 +66,11 @@ PART_DROP = frozenset(
         "content-encoding",
     }
 )
+# The client's conditions on its representation, which the response cache replaces with
+# its own validators (it answers the client's from the whole answer it then keeps).
+CONDITIONAL = frozenset(
+    {"if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "if-range"}
+)
 PART_OWN = (("Accept", "application/json"), ("Accept-Encoding", "identity"))
 # Response fields the client must not see from an upstream.
 RESPONSE_DROP = HOP_BY_HOP | {"server", "x-powered-by", "date"}

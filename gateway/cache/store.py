@@ -1,0 +1,304 @@
+"""Where kept answers live: each worker's memory, or a Redis every worker shares.
+
+Both stores hold, per request key, the names of the fields the upstream's `Vary`
+listed (so a lookup knows which of the request's values pick the variant), and per
+variant the answer itself. Every key kept for a path is indexed under that path, so
+an unsafe method to the path drops them all, whatever scope, variant or query string
+they were kept for (RFC 9111 §4.4).
+
+On Redis the index is a set sharing the path's hash tag with its keys (one cluster
+slot, so the scripts are atomic there too), and a lookup is one round trip when the
+upstream sent no Vary, two when it did. Every call has `storage_timeout_ms` per wait,
+through the same bounded connections the rate limits use (ratelimit_storage.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import cachetools
+import limits.storage
+import redis
+import redis.exceptions
+
+from gateway.config.model import CacheSettings, RateLimitSettings
+from gateway.ratelimit_storage import CURRENT_CHECK, StorageCheck, make_storage
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A kept answer as the client is given it, less Age and the cache's own status."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+    stored_at: float  # wall-clock seconds: Redis entries are shared across machines
+    fresh_until: float  # wall-clock seconds
+    age: int  # the upstream's Age when it was kept
+    vary: tuple[str, ...]  # the request fields (lower case) that chose this variant
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + sum(len(n) + len(v) + 4 for n, v in self.headers) + 200
+
+    def header(self, name: str) -> str | None:
+        lowered = name.lower()
+        for field, value in self.headers:
+            if field.lower() == lowered:
+                return value
+        return None
+
+    def current_age(self, now: float) -> int:
+        return self.age + max(0, int(now - self.stored_at))
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "status": self.status,
+            "headers": self.headers,
+            "stored_at": self.stored_at,
+            "fresh_until": self.fresh_until,
+            "age": self.age,
+            "vary": self.vary,
+        }
+        return json.dumps(meta, separators=(",", ":")).encode() + b"\n" + self.body
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Entry:
+        meta, _, body = data.partition(b"\n")
+        fields = json.loads(meta)
+        return cls(
+            status=int(fields["status"]),
+            headers=tuple((str(n), str(v)) for n, v in fields["headers"]),
+            body=body,
+            stored_at=float(fields["stored_at"]),
+            fresh_until=float(fields["fresh_until"]),
+            age=int(fields["age"]),
+            vary=tuple(fields["vary"]),
+        )
+
+    def refreshed(self, headers: list[tuple[str, str]], now: float, lifetime: int) -> Entry:
+        """This entry after a 304 (RFC 9111 §4.3.4): the 304's fields replace the kept
+        ones of the same name; the body stays."""
+        given = {name.lower() for name, _ in headers}
+        kept = tuple((n, v) for n, v in self.headers if n.lower() not in given)
+        return replace(
+            self,
+            headers=kept + tuple(headers),
+            stored_at=now,
+            fresh_until=now + lifetime,
+            age=0,
+        )
+
+
+class StorageFailed(Exception):
+    """The cache's storage did not answer in time, or failed."""
+
+
+# A variant's key from the Vary field names the upstream gave.
+VariantOf = Callable[[tuple[str, ...]], str]
+
+
+class Store(Protocol):
+    def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None: ...
+
+    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> None: ...
+
+    def invalidate(self, path: str) -> int: ...
+
+    def reachable(self) -> bool: ...
+
+
+def _path_tag(path: str) -> str:
+    return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    value: Entry | tuple[str, ...]  # an answer, or a key's Vary names
+    path: str
+    expires: float  # time.monotonic()
+    size: int
+
+
+class MemoryStore:
+    """Each worker's own answers, within `max_bytes`; the least recently used go first.
+
+    Not shared: an unsafe method drops a path's answers in the worker that served it
+    only (the others keep theirs until they expire). Redis is for sharing."""
+
+    def __init__(self, max_bytes: int, on_evict: Callable[[str], None] | None = None) -> None:
+        self._lock = threading.Lock()
+        self._on_evict = on_evict
+        self._items: cachetools.TLRUCache[str, _Held] = _Evicting(
+            maxsize=max_bytes,
+            ttu=lambda _key, held, _now: held.expires,
+            timer=time.monotonic,
+            getsizeof=lambda held: held.size,
+            on_evict=self._evicted,
+        )
+        self._by_path: dict[str, set[str]] = {}
+
+    def _evicted(self, key: str, held: _Held) -> None:
+        keys = self._by_path.get(held.path)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_path[held.path]
+        if self._on_evict is not None and held.expires > time.monotonic():
+            self._on_evict("size")
+
+    @property
+    def bytes_used(self) -> int:
+        return int(self._items.currsize)
+
+    def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None:
+        with self._lock:
+            names = self._items.get("n:" + key)
+            if names is None or not isinstance(names.value, tuple):
+                return None
+            held = self._items.get("e:" + variant_of(names.value))
+        return held.value if held is not None and isinstance(held.value, Entry) else None
+
+    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> None:
+        expires = time.monotonic() + keep
+        if entry.size > self._items.maxsize:
+            return
+        with self._lock:
+            # Two namespaces: without a Vary, the variant's key is the request key.
+            self._items["n:" + key] = _Held(entry.vary, path, expires, 100 + len(key))
+            self._items["e:" + variant] = _Held(entry, path, expires, entry.size + len(variant))
+            self._by_path.setdefault(path, set()).update(("n:" + key, "e:" + variant))
+
+    def invalidate(self, path: str) -> int:
+        with self._lock:
+            keys = self._by_path.pop(path, set())
+            dropped = 0
+            for key in keys:
+                if self._items.pop(key, None) is not None:
+                    dropped += 1
+            return dropped
+
+    def reachable(self) -> bool:
+        return True
+
+
+class _Evicting(cachetools.TLRUCache):  # type: ignore[type-arg]
+    """A TLRUCache that says which items it dropped (to keep the path index true)."""
+
+    def __init__(self, *args: Any, on_evict: Callable[[str, _Held], None], **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._on_evict_item = on_evict
+
+    def popitem(self) -> tuple[str, _Held]:
+        key, held = super().popitem()
+        self._on_evict_item(key, held)
+        return key, held
+
+    def expire(self, time: float | None = None) -> list[tuple[str, _Held]]:
+        expired: list[tuple[str, _Held]] = super().expire(time)
+        for key, held in expired:
+            self._on_evict_item(key, held)
+        return expired
+
+
+# KEYS: the key's Vary names, the variant, the path's index; ARGV: the names, the
+# entry, milliseconds to keep both.
+_PUT = """
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+redis.call('SADD', KEYS[3], KEYS[1], KEYS[2])
+if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[3], ARGV[3])
+end
+return 1
+"""
+# KEYS: the path's index. Its members share its hash tag, so its slot.
+_INVALIDATE = """
+local keys = redis.call('SMEMBERS', KEYS[1])
+for i = 1, #keys, 500 do
+  redis.call('DEL', unpack(keys, i, math.min(i + 499, #keys)))
+end
+redis.call('DEL', KEYS[1])
+return #keys
+"""
+
+
+class RedisStore:
+    """Answers every worker and instance shares, in Redis, under `prefix`."""
+
+    def __init__(self, settings: CacheSettings, prefix: str = "gateway:cache") -> None:
+        storage = make_storage(
+            RateLimitSettings(
+                storage=settings.storage, storage_timeout_ms=settings.storage_timeout_ms
+            )
+        )
+        client = getattr(storage, "storage", None)
+        if not isinstance(storage, limits.storage.Storage) or client is None:
+            raise ValueError(f"no Redis client for {settings.storage!r}")
+        self._client: Any = client
+        self._budget = settings.storage_timeout_ms / 1000
+        self._prefix = prefix
+        self._put = self._client.register_script(_PUT)
+        self._invalidate = self._client.register_script(_INVALIDATE)
+        self._errors = (redis.exceptions.RedisError, OSError, ValueError, KeyError)
+
+    def _keys(self, path: str, key: str) -> tuple[str, str]:
+        base = f"{self._prefix}:{{{_path_tag(path)}}}"
+        return f"{base}:v:{key}", f"{base}:i"
+
+    def _variant_key(self, path: str, variant: str) -> str:
+        return f"{self._prefix}:{{{_path_tag(path)}}}:e:{variant}"
+
+    def _call(self, run: Callable[[], Any]) -> Any:
+        check = CURRENT_CHECK.set(StorageCheck(self._budget))
+        try:
+            return run()
+        except self._errors as exc:
+            raise StorageFailed(str(exc) or type(exc).__name__) from None
+        finally:
+            CURRENT_CHECK.reset(check)
+
+    def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None:
+        names_key, _ = self._keys(path, key)
+        # Most answers have no Vary: their variant is asked for in the same round trip.
+        plain = self._variant_key(path, variant_of(()))
+
+        def run() -> Entry | None:
+            names, data = self._client.mget([names_key, plain])
+            if names is None:
+                return None
+            vary = tuple(n for n in names.decode().split(",") if n)
+            if vary:
+                data = self._client.get(self._variant_key(path, variant_of(vary)))
+            return None if data is None else Entry.from_bytes(data)
+
+        result: Entry | None = self._call(run)
+        return result
+
+    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> None:
+        names_key, index_key = self._keys(path, key)
+        keys = [names_key, self._variant_key(path, variant), index_key]
+        args = [",".join(entry.vary), entry.to_bytes(), max(1, int(keep * 1000))]
+        self._call(lambda: self._put(keys=keys, args=args))
+
+    def invalidate(self, path: str) -> int:
+        _, index_key = self._keys(path, "")
+        return int(self._call(lambda: self._invalidate(keys=[index_key])))
+
+    def reachable(self) -> bool:
+        try:
+            return bool(self._call(self._client.ping))
+        except StorageFailed:
+            return False
+
+
+def make_store(settings: CacheSettings, on_evict: Callable[[str], None] | None = None) -> Store:
+    if settings.storage.startswith("memory://"):
+        return MemoryStore(settings.max_bytes, on_evict)
+    return RedisStore(settings)
