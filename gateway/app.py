@@ -163,6 +163,8 @@ class Gateway:
         return response
 
     def close(self) -> None:
+        if self.cache is not None:
+            self.cache.store.close()
         self.composer.close()
         self.forwarder.close()
         if self.verifier is not None:

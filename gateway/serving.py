@@ -14,6 +14,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 
+from gateway.cache.peers import PEERS_DIR_ENV, forget_worker
 from gateway.config import Config
 from gateway.metrics import mark_worker_dead
 from gateway.reload import (
@@ -46,16 +47,33 @@ def prepare_metrics_dir(server: Any) -> None:
         os.environ["GATEWAY_OWNS_METRICS_DIR"] = directory
 
 
+def prepare_peers_dir(server: Any) -> None:
+    """on_starting (master): the folder where each worker's cache listens for the
+    paths its siblings drop (gateway/cache/peers.py); one per master, removed at exit."""
+    # A Unix socket's path has at most 107 bytes: a long TMPDIR (a test runner's, a
+    # container's) leaves too little for the names in it.
+    parent = tempfile.gettempdir()
+    if len(parent) > 60 and os.path.isdir("/tmp"):
+        parent = "/tmp"
+    os.environ[PEERS_DIR_ENV] = tempfile.mkdtemp(prefix="gateway-peers-", dir=parent)
+
+
 def worker_exited(server: Any, worker: Any) -> None:
-    """child_exit (master): a dead worker's live gauges stop counting."""
+    """child_exit (master): a dead worker's live gauges stop counting, and its cache
+    socket goes."""
     mark_worker_dead(worker.pid)
+    forget_worker(worker.pid)
 
 
-def remove_metrics_dir(server: Any) -> None:
-    """on_exit (master): remove the folder prepare_metrics_dir made."""
+def remove_master_dirs(server: Any) -> None:
+    """on_exit (master): remove the folders prepare_metrics_dir and
+    prepare_peers_dir made."""
     directory = os.environ.get("GATEWAY_OWNS_METRICS_DIR")
     if directory and directory == os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         shutil.rmtree(directory, ignore_errors=True)
+    peers = os.environ.get(PEERS_DIR_ENV)
+    if peers:
+        shutil.rmtree(peers, ignore_errors=True)
 
 
 def freeze_before_fork(server: Any, worker: Any) -> None:
@@ -83,9 +101,10 @@ def freeze_the_app(worker: Any) -> None:
 
 
 def start_master(server: Any) -> None:
-    """on_starting (master): the metrics folder, then the configuration, checked once
-    for every worker to come (gateway/reload.py)."""
+    """on_starting (master): the metrics and cache-peers folders, then the
+    configuration, checked once for every worker to come (gateway/reload.py)."""
     prepare_metrics_dir(server)
+    prepare_peers_dir(server)
     keep_config(server)
 
 
@@ -96,7 +115,7 @@ HARDENED_SETTINGS: dict[str, Any] = {
     "on_starting": start_master,
     "on_reload": reload_config,
     "child_exit": worker_exited,
-    "on_exit": remove_metrics_dir,
+    "on_exit": remove_master_dirs,
     # The collector and a large route table (see the hooks' docstrings).
     "pre_fork": freeze_before_fork,
     "post_fork": pause_gc_while_booting,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,11 @@ import limits.storage
 import redis
 import redis.exceptions
 
+from gateway.cache.peers import Peers, peers_folder
 from gateway.config.model import CacheSettings, RateLimitSettings
 from gateway.ratelimit_storage import CURRENT_CHECK, StorageCheck, make_storage
+
+log = logging.getLogger("gateway.cache")
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +117,8 @@ class Store(Protocol):
 
     def reachable(self) -> bool: ...
 
+    def close(self) -> None: ...
+
 
 def _path_tag(path: str) -> str:
     return hashlib.sha256(path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
@@ -129,10 +135,16 @@ class _Held:
 class MemoryStore:
     """Each worker's own answers, within `max_bytes`; the least recently used go first.
 
-    Not shared: an unsafe method drops a path's answers in the worker that served it
-    only (the others keep theirs until they expire). Redis is for sharing."""
+    Not shared, but under gunicorn a path's answers dropped in one worker are dropped
+    in its siblings too (peers.py). Redis is for sharing answers across workers and
+    instances."""
 
-    def __init__(self, max_bytes: int, on_evict: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self,
+        max_bytes: int,
+        on_evict: Callable[[str], None] | None = None,
+        peers_dir: str | None = None,
+    ) -> None:
         self._lock = threading.Lock()
         self._on_evict = on_evict
         self._items: cachetools.TLRUCache[str, _Held] = _Evicting(
@@ -143,6 +155,16 @@ class MemoryStore:
             on_evict=self._evicted,
         )
         self._by_path: dict[str, set[str]] = {}
+        self.peers: Peers | None = None
+        if peers_dir:
+            try:
+                self.peers = Peers(peers_dir, self.drop_path)
+            except OSError as exc:
+                log.warning(
+                    "the cache cannot listen for its sibling workers (%s): a path's answers "
+                    "dropped in another worker stay here until they expire",
+                    exc,
+                )
 
     def _evicted(self, key: str, held: _Held) -> None:
         keys = self._by_path.get(held.path)
@@ -176,6 +198,13 @@ class MemoryStore:
             self._by_path.setdefault(path, set()).update(("n:" + key, "e:" + variant))
 
     def invalidate(self, path: str) -> int:
+        dropped = self.drop_path(path)
+        if self.peers is not None:
+            self.peers.tell(path)
+        return dropped
+
+    def drop_path(self, path: str) -> int:
+        """Drops this worker's answers of `path`; how many entries went."""
         with self._lock:
             keys = self._by_path.pop(path, set())
             dropped = 0
@@ -186,6 +215,10 @@ class MemoryStore:
 
     def reachable(self) -> bool:
         return True
+
+    def close(self) -> None:
+        if self.peers is not None:
+            self.peers.close()
 
 
 class _Evicting(cachetools.TLRUCache):  # type: ignore[type-arg]
@@ -297,8 +330,13 @@ class RedisStore:
         except StorageFailed:
             return False
 
+    def close(self) -> None:
+        pool = getattr(self._client, "connection_pool", None)
+        if pool is not None:
+            pool.disconnect()
+
 
 def make_store(settings: CacheSettings, on_evict: Callable[[str], None] | None = None) -> Store:
     if settings.storage.startswith("memory://"):
-        return MemoryStore(settings.max_bytes, on_evict)
+        return MemoryStore(settings.max_bytes, on_evict, peers_folder())
     return RedisStore(settings)
