@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from gateway.cache.control import cache_text
 from gateway.config import Config, ConfigError, Route, load_config, resolve_config_path
 from gateway.config.schema import INCLUDED_SCHEMA, SCHEMA
 
@@ -67,6 +68,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
         "ROLES",
         "RATE LIMIT",
         "VERSIONS",
+        "CACHE",
         "FILE",
     ]
     # Where each route is written: its file relative to the entry file's folder.
@@ -90,6 +92,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
                 ",".join(route.roles) or "-",
                 limit + ("" if route.rate_limit_key == "identity" else " per ip"),
                 _versions_text(route),
+                cache_text(route.cache) if route.cache else "-",
                 written,
             ]
         )
@@ -97,7 +100,7 @@ def cmd_routes(args: argparse.Namespace) -> int:
             # Each part on a line of its own, under its route: what it calls, and
             # whether the answer fails without it.
             flag = "" if part.required else " (optional)"
-            rows.append([f"  + {part.name}{flag}", "", "", part.upstream, part.path, *[""] * 5])
+            rows.append([f"  + {part.name}{flag}", "", "", part.upstream, part.path, *[""] * 6])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     for row in rows:
         print(

@@ -9,6 +9,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request, Response
 
 from gateway.app import Gateway
+from gateway.cache.control import cache_text
 from gateway.composer import placeholder_values
 from gateway.config import Config, Route
 from gateway.context import RequestContext
@@ -63,9 +64,18 @@ def explain(
             f"params:    {ctx.params or '-'}",
             f"auth:      {'public' if route.is_public else ' or '.join(route.auth)}",
             f"roles:     {', '.join(route.roles) or '-'}",
-            "policies:  " + " -> ".join([*chain.names, "compose" if route.compose else "forward"]),
+            "policies:  "
+            + " -> ".join(
+                [
+                    *chain.names,
+                    *(["cache"] if route.cache else []),
+                    "compose" if route.compose else "forward",
+                ]
+            ),
             f"version:   {_version_line(route, ctx.version, request)}",
         ]
+        if route.cache is not None:
+            lines.append(f"cache:     {cache_text(route.cache)}")
         if answer is not passed:
             body = json.loads(answer.get_data() or b"{}")
             return lines + [

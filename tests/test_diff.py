@@ -452,6 +452,18 @@ POLICY_CASES: list[tuple[str, str, Edit, list[str]]] = [
         ["cors: max_age 600 -> 60"],
     ),
     (
+        "cache added",
+        "users.me",
+        _set("users.me", "cache", {"ttl": 10}),
+        ["cache: none -> ttl 10s, scope identity"],
+    ),
+    (
+        "cache: scope and vary",
+        "users.me",
+        _set("users.me", "cache", {"ttl": 10, "scope": "tenant", "vary": ["Accept-Version"]}),
+        ["cache: none -> ttl 10s, scope tenant, vary accept-version"],
+    ),
+    (
         "cors: a route's own instead of the top-level",
         "users.me",
         _set("users.me", "cors", {"allow_origins": ["*"], "allow_credentials": False}),
@@ -732,6 +744,7 @@ def test_settings_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         config["rate_limits"].update(strategy="fixed-window", auth_failures=["5/minute"])
         config["upstreams"]["billing"] = {"url": "https://billing.internal:8443/api"}
         config["upstreams"]["users"]["retries"] = 0
+        config["cache"] = {"storage": "redis://:s3cret@cache.internal:6379/1"}
 
     code, lines, _ = diff(tmp_path, capsys, edit)
     assert code == 1
@@ -743,6 +756,7 @@ def test_settings_changes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
         "auth.jwt.leeway: 30 -> 5",
         "rate_limits.strategy: moving-window -> fixed-window",
         "rate_limits.auth_failures: 10/minute -> 5/minute",
+        "cache.storage: memory:// -> redis://:***@cache.internal:6379/1",
         "upstreams.billing: added (https://billing.internal:8443/api)",
         "upstreams.users.retries: 1 -> 0",
     ]

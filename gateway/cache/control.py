@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.config.model import CacheScope
+from gateway.config.model import CacheScope, RouteCache
 
 # RFC 9111 §5.2: directive = token [ "=" ( token / quoted-string ) ], comma-separated.
 _DIRECTIVE = re.compile(
@@ -109,3 +109,10 @@ def wants(cache_control: list[str], pragma: list[str]) -> Wants:
     cc = directives(cache_control)
     max_age = seconds(cc.get("max-age")) if "max-age" in cc else None
     return Wants("no-cache" in cc or max_age == 0, "no-store" in cc, max_age)
+
+
+def cache_text(cache: RouteCache) -> str:
+    """e.g. `10 s per identity, vary accept-version`."""
+    who = {"public": "shared by all", "tenant": "per tenant", "identity": "per identity"}
+    vary = f", vary {','.join(cache.vary)}" if cache.vary else ""
+    return f"{cache.ttl} s {who[cache.scope]}{vary}"
