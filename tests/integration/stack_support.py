@@ -123,7 +123,9 @@ class ReferenceStack:
     logins: dict[str, Login] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, workdir: Path) -> ReferenceStack:
+    def start(cls, workdir: Path, **gateway_env: str) -> ReferenceStack:
+        """The stubs and the gateway on free ports; `gateway_env` is added to the
+        gateway's environment (the RATE_LIMIT_* of routes.yaml, say)."""
         started: list[ServerProcess] = []
         try:
             users = start_server(
@@ -144,7 +146,7 @@ class ReferenceStack:
                 ready_timeout=30.0,
             )
             started.append(orders)
-            env = stack_env(USERS_URL=users.base_url, ORDERS_URL=orders.base_url)
+            env = stack_env(USERS_URL=users.base_url, ORDERS_URL=orders.base_url, **gateway_env)
 
             def gateway_argv(port: int) -> list[str]:
                 # The reference routes.yaml builds links on GATEWAY_PUBLIC_URL, and the

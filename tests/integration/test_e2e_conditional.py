@@ -1,10 +1,12 @@
 """End to end: conditional requests through the gateway, on real processes.
 
 The stubs make the validators (a strong ETag and `Cache-Control: private,
-max-age=10` on a single resource) and decide 304 and 412; the gateway forwards
-If-None-Match and If-Match, relays the validators unchanged (it never invents one),
-relays a 304 without a body, and turns the stub's 412 into its own problem (its
-request id, the public path as instance). Each write test makes its own user.
+max-age=10` on a single resource) and decide 304 and 412; the gateway relays the
+validators unchanged (it never invents one), answers If-None-Match with a 304
+without a body (from its cache on users.get, which keeps each caller's reads for
+10 s, or the stub's own), forwards If-Match, and turns the stub's 412 into its own
+problem (its request id, the public path as instance). Each write test makes its
+own user.
 """
 
 from __future__ import annotations
