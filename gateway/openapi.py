@@ -46,8 +46,17 @@ _INFO_DESCRIPTION = (
 
 # Response header fields the gateway sets, referenced from components.headers.
 _HEADERS: dict[str, dict[str, Any]] = {
+    "Age": {
+        "description": "Seconds since the kept answer was made (RFC 9111 §5.1).",
+        "schema": {"type": "integer", "minimum": 0},
+    },
     "Allow": {
         "description": "The methods the path answers.",
+        "schema": {"type": "string"},
+    },
+    "Cache-Status": {
+        "description": "How the gateway's cache handled the request (RFC 9211), e.g. "
+        "`gateway; hit; ttl=8` or `gateway; fwd=uri-miss; fwd-status=200; stored`.",
         "schema": {"type": "string"},
     },
     "Deprecation": {
@@ -429,6 +438,8 @@ def _operation(
     )
     if route.deprecation or deprecated_versions:
         success_headers += ["Deprecation", "Link", *(["Sunset"] if sunset else [])]
+    if route.cache:
+        success_headers += ["Age", "Cache-Status"]
     responses: dict[str, Any] = {}
     if route.compose:
         optional = any(not part.required for part in route.compose.parts)
@@ -455,6 +466,13 @@ def _operation(
         if method != "HEAD":
             success["content"] = {"application/json": {"schema": {}}}
         responses["2XX"] = success
+
+    if route.cache:
+        responses["304"] = {
+            "description": "Not Modified: the request's If-None-Match (or "
+            "If-Modified-Since) matches the answer the gateway keeps; no body.",
+            "headers": refs.header_map(["Age", "Cache-Status"]),
+        }
 
     errors = {
         "400": "UnsupportedVersion" if route.versions else "BadRequest",
@@ -514,12 +532,22 @@ def _description(route: Route) -> str:
         )
         return (
             f"Composed by the gateway from {len(route.compose.parts)} upstream calls made "
-            f"at once: {parts}."
+            f"at once: {parts}." + _cache_description(route)
         )
     text = "Forwarded to an upstream service."
     if route.versions:
         text += f" The `{route.versions.header}` header picks the version."
-    return text
+    return text + _cache_description(route)
+
+
+def _cache_description(route: Route) -> str:
+    if route.cache is None:
+        return ""
+    who = {"public": "for every caller", "tenant": "per tenant", "identity": "per caller"}
+    return (
+        f" Answers are kept by the gateway {who[route.cache.scope]} for up to "
+        f"{route.cache.ttl} s (less when the service says so)."
+    )
 
 
 def _path_parameter(name: str, multi_segment: bool) -> dict[str, Any]:
