@@ -13,6 +13,8 @@ Every target serves `GET` of one seeded user from the same users stub:
     compose       gateway, public route as `none`, composing 3 parts: one JSON object
                   {users_a, users_b, users_c} from 3 concurrent calls of GET /users/<id>,
                   one upstream each (all three the same stub)
+    cached        `all` + a response cache on the route (ttl 60 s, scope identity,
+                  memory://): measured on cache hits only (see below)
     all@1000      `all` with 1,000 routes in the table (`all` has 10)
     all@10000     `all` with 10,000 routes
 
@@ -24,8 +26,12 @@ the upstream's cost does not hide the gateway's:
     static-passthrough  the passthrough in front of it: GET /users/<id>
     static-all          `all` in front of it:           GET /api/v1/users/<id>
                         (only when `all` is one of the variants)
+    static-cached       `cached` in front of it:        GET /api/v1/users/<id>
+                        (only when `cached` is one of the variants)
 
 The ratios of a static target are taken against static-direct and static-passthrough.
+A cache hit's CPU per request is compared with a forwarded request's under the same
+policies: static-cached against static-all, the median of the per-round ratios.
 
 Each target gets the same request bytes apart from the path (Authorization, Origin,
 Accept-Version on all of them). Two measurements per target:
@@ -48,6 +54,13 @@ three times direct's, what a client making the three calls one after the other w
 wait (its own round trips not even counted). Its parts are required, so a part that
 fails makes the whole answer fail and counts as an error; its first answer must be
 whole (no `Gateway-Partial`) with exactly the three members, or the bench stops.
+
+`cached` and `static-cached` measure cache hits, and the bench stops rather than
+report misses: the second of two requests on one connection (one worker) must carry
+`Cache-Status: gateway; hit`, and in every measured run the gateway's own count of
+cache lookups (from /metrics, around the run) must show hits for at least 99% of the
+requests and anything else for at most 1% of the lookups (a kept answer that expires
+during a run is fetched again, once per worker).
 
 The load generator is wrk when it is installed (it costs far less CPU than the servers
 it measures), else a small asyncio client in this file. Gateway and passthrough run
@@ -99,7 +112,12 @@ ISSUER = "https://issuer.bench.invalid"
 AUDIENCE = "gateway"
 ORIGIN = "http://localhost:3000"
 API_KEY = "bench-service-key"
-POLICY_VARIANTS = ("none", "jwt", "jwt+redis", "all", "compose")
+POLICY_VARIANTS = ("none", "jwt", "jwt+redis", "all", "compose", "cached")
+REDIS_VARIANTS = ("jwt+redis", "all", "cached")  # the variants with a rate limit on Redis
+EVERY_POLICY = ("all", "cached")  # the variants with every policy on
+BENCH_ROUTE = "bench.users.get"  # the benchmarked route's name
+CACHE_TTL = 60  # `cached`: seconds a kept answer stays fresh (at most: see README)
+CACHE_MISS_SHARE = 0.01  # `cached`: the share of a measured run that may not be hits
 COMPOSE_PARTS = ("users_a", "users_b", "users_c")  # part names = their upstreams' names
 PARTIAL_HEADER = "Gateway-Partial"  # gateway/composer.py: an optional part failed
 LATENCY_BLOCK = 100  # sequential requests per target and turn at concurrency 1
@@ -113,6 +131,7 @@ GOAL_ROUTES_SPREAD = 0.05  # requests/s within 5% from 10 to 10,000 routes
 GOAL_RSS_MIB = 80.0  # resident memory per worker
 GOAL_STARTUP_S = 2.0  # start-up with 10,000 routes, to the first /healthz answer
 GOAL_CPU_RATIO = 1.0  # static-all: CPU per request at most 1.0x the static passthrough's
+GOAL_CACHE_HIT_CPU_RATIO = 0.333  # static-cached: at most a third of static-all's CPU/request
 
 STATIC_UPSTREAM = ROOT / "loadtests" / "static_upstream.py"
 STATIC_SERVERS = ("auto", "nginx", "python")
@@ -245,6 +264,7 @@ class RunResult:
     p99_ms: float
     errors: int  # non-2xx answers, broken connections, timeouts
     cpu_s: float | None = None  # CPU seconds of the target's server processes meanwhile
+    cache_lookups: dict[str, int] | None = None  # cached targets: the gateway's, by result
 
     @property
     def rps(self) -> float:
@@ -498,17 +518,32 @@ def memory_mib(pid: int) -> dict[str, float]:
 
 def http_get(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
     """(status, head, body) of one request on a fresh connection."""
+    return http_gets(port, path, headers)[0]
+
+
+def http_gets(
+    port: int, path: str, headers: dict[str, str] | None = None, count: int = 1
+) -> list[tuple[int, str, str]]:
+    """(status, head, body) of up to `count` requests one after the other on one fresh
+    connection, so all to one server worker; the last asks to close it, and a server
+    that closes it earlier ends the list there."""
+    answers: list[tuple[int, str, str]] = []
     with socket.create_connection((LOOPBACK, port), timeout=10) as sock:
-        sock.sendall(build_request(path, port, headers or {}, close=True))
         buf = bytearray()
-        while (parsed := parse_response(buf)) is None:
-            data = sock.recv(65536)
-            if not data:
-                raise ConnectionResetError("closed before the response was complete")
-            buf += data
-    status, end, _ = parsed
-    head, _, body = bytes(buf[:end]).partition(b"\r\n\r\n")
-    return status, head.decode("latin-1"), body.decode("utf-8", "replace")
+        for i in range(count):
+            sock.sendall(build_request(path, port, headers or {}, close=i == count - 1))
+            while (parsed := parse_response(buf)) is None:
+                data = sock.recv(65536)
+                if not data:
+                    raise ConnectionResetError("closed before the response was complete")
+                buf += data
+            status, end, close = parsed
+            head, _, body = bytes(buf[:end]).partition(b"\r\n\r\n")
+            del buf[:end]
+            answers.append((status, head.decode("latin-1"), body.decode("utf-8", "replace")))
+            if close:
+                break
+    return answers
 
 
 @dataclasses.dataclass
@@ -760,7 +795,7 @@ def gateway_config(
             }
         }
         policies = {"auth": ["jwt"]}
-    if variant in ("jwt+redis", "all"):
+    if variant in REDIS_VARIANTS:
         config["rate_limits"] = {
             "storage": redis_url,
             "strategy": strategy,
@@ -770,7 +805,7 @@ def gateway_config(
             "default": [],
         }
         policies.update(rate_limit=[REDIS_LIMIT], rate_limit_bucket=bucket)
-    if variant == "all":
+    if variant in EVERY_POLICY:
         digest = hashlib.sha256(API_KEY.encode()).hexdigest()
         config["auth"]["api_keys"] = {
             "header": "X-API-Key",
@@ -785,8 +820,12 @@ def gateway_config(
             "max_age": 600,
         }
         policies.update(auth=["jwt", "api_key"], roles=["admin", "member", "service"])
+    if variant == "cached":
+        # Each worker keeps its own copy: after its first request for the user, every
+        # request is answered from it, after every policy ran.
+        config["cache"] = {"storage": "memory://"}
     bench_route: dict[str, Any] = {
-        "name": "bench.users.get",
+        "name": BENCH_ROUTE,
         "path": "/api/v1/users/{user_id}",
         "methods": ["GET"],
         "upstream": "users",
@@ -802,7 +841,7 @@ def gateway_config(
                 name: {"upstream": name, "path": "/users/{user_id}"} for name in COMPOSE_PARTS
             },
         }
-    elif variant == "all":
+    elif variant in EVERY_POLICY:
         bench_route["versions"] = {
             "header": "Accept-Version",
             "default": "2",
@@ -820,6 +859,8 @@ def gateway_config(
         }
     else:
         bench_route["upstream_path"] = "/users/{user_id}"
+    if variant == "cached":
+        bench_route["cache"] = {"ttl": CACHE_TTL, "scope": "identity"}
     fillers = [_filler_route(i, policies["auth"]) for i in range(routes - 1)]
     if variant == "compose":
         fillers = [{**f, "upstream": COMPOSE_PARTS[0]} for f in fillers]
@@ -847,6 +888,49 @@ def compose_problem(head: str, body: str) -> str | None:
     if empty:
         return f"parts {empty} are not JSON objects"
     return None
+
+
+def cache_problem(head: str) -> str | None:
+    """What shows an answer is not a hit of the gateway's cache, or None when its
+    Cache-Status starts with `gateway; hit` (RFC 9211: the cache's name, then `hit`)."""
+    values = [
+        value.strip()
+        for name, _, value in (line.partition(":") for line in head.split("\r\n")[1:])
+        if name.strip().lower() == "cache-status"
+    ]
+    if not values:
+        return "no Cache-Status: the answer did not come through the gateway's cache"
+    status = ", ".join(values)
+    first = [param.strip() for param in status.split(",", 1)[0].split(";")]
+    if first[:2] != ["gateway", "hit"]:
+        return f"not a cache hit (Cache-Status: {status})"
+    return None
+
+
+def metrics_cache_lookups(text: str, route: str) -> dict[str, int]:
+    """gateway_cache_lookups_total of one route by result, from /metrics' text."""
+    found: dict[str, int] = {}
+    pattern = r"^gateway_cache_lookups_total\{([^}]*)\}\s+(\S+)"
+    for labels, value in re.findall(pattern, text, re.M):
+        named = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if named.get("route") == route and "result" in named:
+            found[named["result"]] = found.get(named["result"], 0) + int(float(value))
+    return found
+
+
+def cache_round_problem(lookups: dict[str, int], requests: int) -> str | None:
+    """What shows a measured run of a cached target was not one of cache hits, from
+    the gateway's cache lookups by result during the run, or None: hits for at least
+    99% of the requests counted, and anything else for at most 1% of the lookups (a
+    kept answer that expires during a run is fetched again, once per worker)."""
+    hits = lookups.get("hit", 0)
+    total = sum(lookups.values())
+    if hits >= (1 - CACHE_MISS_SHARE) * requests and total - hits <= CACHE_MISS_SHARE * total:
+        return None
+    others = {result: n for result, n in sorted(lookups.items()) if result != "hit" and n}
+    return f"{hits} cache hits among {total} lookups for {requests} requests" + (
+        f" (the others: {others})" if others else ""
+    )
 
 
 # -- the bench -----------------------------------------------------------------------------
@@ -917,7 +1001,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--variants",
         default=env("BENCH_VARIANTS", ",".join(POLICY_VARIANTS)),
-        help="gateway policy variants, comma-separated (default none,jwt,jwt+redis,all,compose)",
+        help="gateway policy variants, comma-separated (default "
+        "none,jwt,jwt+redis,all,compose,cached)",
     )
     p.add_argument(
         "--routes",
@@ -1013,8 +1098,8 @@ class Bench:
 
     def setup(self) -> None:
         a = self.args
-        needs_redis = any(v in ("jwt+redis", "all") for v in a.variants) or (
-            len(a.routes) > 1 and a.sweep_variant in ("jwt+redis", "all")
+        needs_redis = any(v in REDIS_VARIANTS for v in a.variants) or (
+            len(a.routes) > 1 and a.sweep_variant in REDIS_VARIANTS
         )
         if needs_redis and (problem := redis_problem(a.redis_url)):
             raise BenchError(
@@ -1052,9 +1137,11 @@ class Bench:
         )
         self.targets[-1].upstream = "static"
         self.passthrough("static-passthrough", static_url, f"/users/{user_id}", "static")
-        if "all" in a.variants:
-            path = f"/api/v1/users/{user_id}"
-            self.gateway("static-all", "all", a.routes[0], static_url, key_file, path, "static")
+        for variant in EVERY_POLICY:
+            if variant in a.variants:
+                path = f"/api/v1/users/{user_id}"
+                name = f"static-{variant}"
+                self.gateway(name, variant, a.routes[0], static_url, key_file, path, "static")
         for target in self.targets:
             self.check(target)
 
@@ -1118,14 +1205,18 @@ class Bench:
         """One request first: 200, and the headers that show the policies ran (a few
         tries, as a busy machine can make the first Redis call miss its deadline). A
         composed answer must be whole (no `Gateway-Partial`) and hold exactly the three
-        parts: the figures of a partial one would be meaningless."""
+        parts: the figures of a partial one would be meaningless. A cached target gets
+        two requests on one connection (one worker): the second, checked, must be a hit
+        of the gateway's cache, as the figures of misses would be meaningless too."""
         for attempt in range(1, attempts + 1):
-            status, head, body = http_get(target.server.port, target.path, self.headers)
+            count = 2 if target.variant == "cached" else 1
+            answers = http_gets(target.server.port, target.path, self.headers, count)
+            status, head, body = answers[-1]
             names = {line.split(":", 1)[0].strip().lower() for line in head.split("\r\n")[1:]}
             checks: dict[str, Any] = {"status": status}
-            if target.variant in ("jwt+redis", "all"):
+            if target.variant in REDIS_VARIANTS:
                 checks["rate_limit_headers"] = "x-ratelimit-limit" in names
-            if target.variant == "all":
+            if target.variant in EVERY_POLICY:
                 checks["cors"] = "access-control-allow-origin" in names
                 checks["deprecation"] = "deprecation" in names
             problem = None
@@ -1133,11 +1224,20 @@ class Bench:
                 problem = compose_problem(head, body)
                 checks["whole_answer"] = PARTIAL_HEADER.lower() not in names
                 checks["parts"] = problem is None
+            if target.variant == "cached" and status == 200:
+                problem = cache_problem(head)
+                checks["cache_hit"] = problem is None
             failed = [k for k, v in checks.items() if v is False]
             if status == 200 and not failed:
                 target.checks = checks
                 return
             if attempt == attempts:
+                if problem is not None and target.variant == "cached":
+                    raise BenchError(
+                        f"{target.name}: GET {target.path}, twice on one connection: the "
+                        f"second answer is {problem}; the figures of cache misses would be "
+                        f"meaningless:\n{head}\n{body[:500]}"
+                    )
                 if problem is not None:
                     raise BenchError(
                         f"{target.name}: GET {target.path}: {problem}; the figures of a "
@@ -1238,6 +1338,7 @@ class Bench:
         The bench never reloads a server (no --watch, no SIGHUP, no max_requests), so
         its workers stay; one that went (and took its CPU time with it) stops the bench
         rather than make the figure undercount."""
+        lookups = self.cache_lookups(target) if target.variant == "cached" else None
         before, workers = target.server.cpu()
         result = self.load(target, seconds)
         after, workers_after = target.server.cpu()
@@ -1247,7 +1348,29 @@ class Bench:
                 f"{workers_after}); the CPU per request would be wrong:\n{target.server.tail()}"
             )
         result.cpu_s = after - before
+        if lookups is not None:
+            # Read outside the CPU window: /metrics costs the gateway more than a hit.
+            now = self.cache_lookups(target)
+            result.cache_lookups = {
+                kind: now.get(kind, 0) - lookups.get(kind, 0)
+                for kind in sorted({"hit", *now, *lookups})
+                if kind == "hit" or now.get(kind, 0) != lookups.get(kind, 0)
+            }
+            problem = cache_round_problem(result.cache_lookups, result.requests)
+            if problem is not None:
+                raise BenchError(
+                    f"{target.name}: {problem} in a measured run; the CPU per request of "
+                    f"cache misses would be meaningless:\n{target.server.tail()}"
+                )
         return result
+
+    def cache_lookups(self, target: Target) -> dict[str, int]:
+        """The benchmarked route's cache lookups by result, every worker's, from the
+        gateway's /metrics."""
+        status, _, body = http_get(target.server.port, "/metrics")
+        if status != 200:
+            raise BenchError(f"{target.name}: /metrics answered {status}: {body[:500]}")
+        return metrics_cache_lookups(body, BENCH_ROUTE)
 
     # -- results
 
@@ -1322,6 +1445,11 @@ class Bench:
                                 "cpu_s": _round(r.cpu_s, 3),
                                 "cpu_us_per_request": _round(r.cpu_us_per_request, 1),
                             }
+                            | (
+                                {}
+                                if r.cache_lookups is None
+                                else {"cache_lookups": r.cache_lookups}
+                            )
                             for r in t.rounds
                         ],
                     },
@@ -1339,6 +1467,7 @@ class Bench:
                     "memory": memory,
                     "checks": t.checks,
                     "ratelimit_storage_errors": self.storage_errors(t),
+                    "cache_lookups": cache_lookups_sum(t.rounds),
                 }
             )
             if t.variant == "compose":
@@ -1389,10 +1518,13 @@ class Bench:
         by_name = {row["name"]: row for row in rows}
         goals: list[dict[str, Any]] = []
 
-        def goal(name: str, goal: str, value: float, limit: float, ok: bool, text: str) -> None:
+        def goal(
+            name: str, goal: str, value: float, limit: float, ok: bool, text: str, **extra: Any
+        ) -> None:
             goals.append(
                 {"name": name, "goal": goal, "value": round(value, 3), "limit": limit}
                 | {"met": ok, "text": text}
+                | extra
             )
 
         everything = by_name.get("all")
@@ -1472,7 +1604,73 @@ class Bench:
                     ratio <= GOAL_CPU_RATIO,
                     cpu_line("static-all", ratio, mine, theirs),
                 )
+        cached, forwarded = self.by_name("static-cached"), self.by_name("static-all")
+        hit = cache_hit_figures(cached, forwarded) if cached and forwarded else None
+        if hit is not None:
+            ratio = hit.pop("ratio")
+            goal(
+                "cache_hit_cpu_vs_forwarded",
+                "a cache hit costs at most a third of the CPU of a forwarded request, both "
+                "with every policy on, on the near-free upstream (value: median of the "
+                "per-round ratios of CPU per request)",
+                ratio,
+                GOAL_CACHE_HIT_CPU_RATIO,
+                ratio <= GOAL_CACHE_HIT_CPU_RATIO,
+                cache_cpu_line(
+                    hit["cached"],
+                    hit["forwarded"],
+                    ratio,
+                    hit["cached_cpu_us_per_request"],
+                    hit["forwarded_cpu_us_per_request"],
+                ),
+                **hit,
+            )
         return goals
+
+
+def cache_hit_figures(cached: Target, forwarded: Target) -> dict[str, Any] | None:
+    """A cache hit's CPU per request against a forwarded request's, both with every
+    policy on, from the same run: each target's median over its rounds (as in its row),
+    and the median of the per-round ratios (the rounds interleave the two targets, so
+    drift of the machine hits both). None without a round where both were measured."""
+    pairs = [
+        (c.cpu_us_per_request, f.cpu_us_per_request)
+        for c, f in zip(cached.rounds, forwarded.rounds, strict=True)
+    ]
+    ratios = [c / f for c, f in pairs if c is not None and f]
+    if not ratios:
+        return None
+    mine = [c for c, _ in pairs if c is not None]
+    theirs = [f for _, f in pairs if f is not None]
+    return {
+        "cached": cached.name,
+        "forwarded": forwarded.name,
+        "cached_cpu_us_per_request": round(statistics.median(mine), 1),
+        "forwarded_cpu_us_per_request": round(statistics.median(theirs), 1),
+        "ratio": round(statistics.median(ratios), 3),
+    }
+
+
+def cache_cpu_line(cached: str, forwarded: str, ratio: float, mine: float, theirs: float) -> str:
+    """The goal line of a cache hit's CPU per request against a forwarded request's."""
+    return (
+        f"{cached}: a cache hit costs {ratio:.3f}x the CPU per request of a forwarded one "
+        f"({forwarded}; µs: {mine:.0f} against {theirs:.0f}; goal <= "
+        f"{GOAL_CACHE_HIT_CPU_RATIO:.3f}x)"
+    )
+
+
+def cache_lookups_sum(rounds: Sequence[RunResult]) -> dict[str, int] | None:
+    """A cached target's cache lookups by result over its measured runs; None for the
+    other targets."""
+    counted = [r.cache_lookups for r in rounds if r.cache_lookups is not None]
+    if not counted:
+        return None
+    total: dict[str, int] = {}
+    for lookups in counted:
+        for kind, n in lookups.items():
+            total[kind] = total.get(kind, 0) + n
+    return total
 
 
 def cpu_line(name: str, ratio: float, mine: float, theirs: float) -> str:
@@ -1610,7 +1808,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for server in reversed(bench.servers):
             server.stop()
-        if any(t.variant in ("jwt+redis", "all") for t in bench.targets):
+        if any(t.variant in REDIS_VARIANTS for t in bench.targets):
             delete_counters(args.redis_url, bench.tag)
         if args.keep or failed:
             print(f"bench: work folder (configs, logs) kept at {workdir}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -17,6 +18,7 @@ import pytest
 import yaml
 
 from gateway.config.load import load_config_text
+from gateway.config.model import RouteCache
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "loadtests" / "bench.py"
@@ -24,8 +26,8 @@ sys.path.insert(0, str(BENCH.parent))
 import bench  # noqa: E402  (loadtests/bench.py: a script, not a package)
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-TARGETS = ["direct", "passthrough", "none", "jwt", "jwt+redis", "all", "compose", "all@100"]
-TARGETS += ["static-direct", "static-passthrough", "static-all"]
+TARGETS = ["direct", "passthrough", "none", "jwt", "jwt+redis", "all", "compose", "cached"]
+TARGETS += ["all@100", "static-direct", "static-passthrough", "static-all", "static-cached"]
 STATIC_UPSTREAM = ROOT / "loadtests" / "static_upstream.py"
 PARTS = ["users_a", "users_b", "users_c"]
 
@@ -69,7 +71,7 @@ def test_compose_is_a_default_variant_and_not_the_sweep(monkeypatch: pytest.Monk
     monkeypatch.delenv("BENCH_VARIANTS", raising=False)
     monkeypatch.delenv("BENCH_SWEEP_VARIANT", raising=False)
     args = bench.parse_args([])
-    assert args.variants == ["none", "jwt", "jwt+redis", "all", "compose"]
+    assert args.variants == ["none", "jwt", "jwt+redis", "all", "compose", "cached"]
     assert args.sweep_variant == "all"
     assert bench.parse_args(["--variants", "compose"]).variants == ["compose"]
 
@@ -269,6 +271,253 @@ def test_nginx_config_serves_the_static_body(tmp_path: Path) -> None:
     assert f"pid {tmp_path / 'nginx.pid'};" in config
 
 
+def _variant_config(variant: str, tmp_path: Path) -> dict[str, object]:
+    _, key_file = bench.make_key(tmp_path)
+    url = "http://127.0.0.1:9"
+    return bench.gateway_config(variant, 10, url, key_file, REDIS_URL, "moving-window", "b")
+
+
+def test_cached_variant_is_all_with_a_cache_on_the_benched_route(tmp_path: Path) -> None:
+    everything, cached = _variant_config("all", tmp_path), _variant_config("cached", tmp_path)
+    assert cached["cache"] == {"storage": "memory://"}
+    assert "cache" not in everything
+    assert {k: v for k, v in cached.items() if k not in ("cache", "routes")} == {
+        k: v for k, v in everything.items() if k != "routes"
+    }
+    routes = cached["routes"]
+    assert isinstance(routes, list)
+    [bench_route] = [r for r in routes if "cache" in r]
+    assert bench_route["cache"] == {"ttl": 60, "scope": "identity"}
+    assert [{k: v for k, v in r.items() if k != "cache"} for r in routes] == everything["routes"]
+    config = load_config_text(yaml.safe_dump(cached), "bench.yaml")
+    reference = load_config_text(yaml.safe_dump(everything), "bench.yaml")
+    assert config.cache.storage == "memory://"
+    route = next(r for r in config.routes if r.name == "bench.users.get")
+    assert route.cache == RouteCache(ttl=60, scope="identity")
+    # Every policy of `all`, the same route otherwise; the fillers keep no answers.
+    same = next(r for r in reference.routes if r.name == "bench.users.get")
+    assert dataclasses.replace(route, cache=None) == same
+    assert route.auth == ("jwt", "api_key") and route.roles and route.rate_limit
+    assert route.versions is not None and config.cors.allow_origins == ("http://localhost:3000",)
+    assert [r.name for r in config.routes if r.cache is not None] == ["bench.users.get"]
+    assert len(config.routes) == 10
+
+
+def test_cached_is_a_redis_variant_and_every_policy_one() -> None:
+    assert "cached" in bench.POLICY_VARIANTS and "cached" in bench.REDIS_VARIANTS
+    assert bench.EVERY_POLICY == ("all", "cached")
+    assert bench.parse_args(["--variants", "all,cached"]).variants == ["all", "cached"]
+
+
+def test_cache_problem_accepts_a_hit_only() -> None:
+    head = "HTTP/1.1 200 OK\r\nContent-Type: application/json"
+    assert bench.cache_problem(head + "\r\nCache-Status: gateway; hit; ttl=59") is None
+    assert bench.cache_problem(head + "\r\ncache-status:gateway;hit") is None
+    miss = bench.cache_problem(head + "\r\nCache-Status: gateway; fwd=uri-miss; stored")
+    assert miss == "not a cache hit (Cache-Status: gateway; fwd=uri-miss; stored)"
+    stale = bench.cache_problem(head + "\r\nCache-Status: gateway; fwd=stale; fwd-status=304")
+    assert stale is not None and "not a cache hit" in stale
+    # A collapsed miss is served what another request fetched: not a hit either.
+    collapsed = bench.cache_problem(head + "\r\nCache-Status: gateway; fwd=uri-miss; collapsed")
+    assert collapsed is not None
+    assert bench.cache_problem(head + "\r\nCache-Status: other; hit") is not None
+    assert bench.cache_problem(head + "\r\nCache-Status: gateway; hitless") is not None
+    problem = bench.cache_problem(head)
+    assert problem is not None and problem.startswith("no Cache-Status")
+
+
+def test_metrics_cache_lookups_reads_the_benched_route_by_result() -> None:
+    text = "\n".join(
+        [
+            "# HELP gateway_cache_lookups_total Requests to cached routes",
+            "# TYPE gateway_cache_lookups_total counter",
+            'gateway_cache_lookups_total{result="hit",route="bench.users.get"} 1234.0',
+            'gateway_cache_lookups_total{route="bench.users.get",result="miss"} 2.0',
+            'gateway_cache_lookups_total{result="hit",route="f1"} 99.0',
+            'gateway_cache_lookups_created{result="hit",route="bench.users.get"} 1.7e9',
+            "gateway_ratelimit_storage_errors_total 0.0",
+        ]
+    )
+    assert bench.metrics_cache_lookups(text, "bench.users.get") == {"hit": 1234, "miss": 2}
+    assert bench.metrics_cache_lookups(text, "nothing") == {}
+
+
+def test_cache_round_problem_refuses_runs_of_misses() -> None:
+    assert bench.cache_round_problem({"hit": 3000}, 3000) is None
+    # The in-flight requests at the end of a run are answered but not counted by the
+    # load generator; an entry expiring during the run costs one miss per worker.
+    assert bench.cache_round_problem({"hit": 3016, "miss": 2}, 3000) is None
+    assert bench.cache_round_problem({"hit": 2980, "stale": 2}, 3000) is None
+    problem = bench.cache_round_problem({"hit": 1, "miss": 2999}, 3000)
+    assert (
+        problem == "1 cache hits among 3000 lookups for 3000 requests (the others: {'miss': 2999})"
+    )
+    assert bench.cache_round_problem({"hit": 2900, "miss": 100}, 3000) is not None
+    # No lookups at all (a route without a cache): no hits for the requests.
+    problem = bench.cache_round_problem({}, 3000)
+    assert problem == "0 cache hits among 0 lookups for 3000 requests"
+    assert bench.cache_round_problem({"hit": 0, "miss": 0}, 0) is None
+
+
+class _Cached(BaseHTTPRequestHandler):
+    """Answers as the gateway's `cached` route would, policies' headers and all: a
+    miss first on each connection, then hits, unless `hits` is off (always a miss)."""
+
+    protocol_version = "HTTP/1.1"
+    hits = True
+
+    def setup(self) -> None:
+        super().setup()
+        self.answered = 0
+
+    def do_GET(self) -> None:
+        body = b'{"id": "usr_1"}'
+        hit = self.hits and self.answered > 0
+        self.answered += 1
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("X-RateLimit-Limit", "1000000")
+        self.send_header("Access-Control-Allow-Origin", "http://localhost:3000")
+        self.send_header("Deprecation", "@1767225600")
+        status = "gateway; hit; ttl=59" if hit else "gateway; fwd=uri-miss; stored"
+        self.send_header("Cache-Status", status)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _Missing(_Cached):
+    hits = False
+
+
+def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield int(server.server_address[1])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def cached_server() -> Iterator[int]:
+    yield from _serve(_Cached)
+
+
+@pytest.fixture
+def missing_server() -> Iterator[int]:
+    yield from _serve(_Missing)
+
+
+def _cached_target(port: int, tmp_path: Path) -> bench.Target:
+    server = bench.Server("gateway static-cached", [], port, tmp_path / "log", 2)
+    path = "/api/v1/users/u1"
+    return bench.Target("static-cached", "gateway", "cached", 10, server, path, upstream="static")
+
+
+def test_check_takes_the_second_answer_of_one_connection_for_a_hit(
+    cached_server: int, tmp_path: Path
+) -> None:
+    target = _cached_target(cached_server, tmp_path)
+    answers = bench.http_gets(cached_server, target.path, {}, 2)
+    assert [bench.cache_problem(head) is None for _, head, _ in answers] == [False, True]
+    bench.Bench(bench.parse_args([]), tmp_path).check(target, attempts=1)
+    assert target.checks == {
+        "status": 200,
+        "rate_limit_headers": True,
+        "cors": True,
+        "deprecation": True,
+        "cache_hit": True,
+    }
+
+
+def test_check_stops_the_bench_when_the_cached_target_misses(
+    missing_server: int, tmp_path: Path
+) -> None:
+    target = _cached_target(missing_server, tmp_path)
+    with pytest.raises(bench.BenchError, match="not a cache hit .*fwd=uri-miss.*meaningless"):
+        bench.Bench(bench.parse_args([]), tmp_path).check(target, attempts=1)
+    assert target.checks == {}
+
+
+def test_a_measured_run_of_misses_stops_the_bench(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gateway's lookups are read around the run; the CPU reading in between."""
+    b = bench.Bench(bench.parse_args([]), tmp_path)
+    target = _cached_target(0, tmp_path)
+    counts = iter([{"hit": 500, "miss": 2}, {"hit": 3510, "miss": 2}])
+    monkeypatch.setattr(b, "cache_lookups", lambda t: next(counts))
+    monkeypatch.setattr(target.server, "cpu", lambda: (1.0, [11, 12]))
+    monkeypatch.setattr(b, "load", lambda t, seconds: bench.RunResult(3000, 1.0, 1.0, 2.0, 0))
+    result = b.measured_load(target, 1.0)
+    assert result.cache_lookups == {"hit": 3010} and result.cpu_s == 0.0
+
+    counts = iter([{"hit": 3510, "miss": 2}, {"hit": 3520, "miss": 2992}])
+    with pytest.raises(bench.BenchError, match="static-cached: 10 cache hits among 3000"):
+        b.measured_load(target, 1.0)
+    # Other targets: no /metrics reading, no counts.
+    other = bench.Target("static-all", "gateway", "all", 10, target.server, "/")
+    assert b.measured_load(other, 1.0).cache_lookups is None
+
+
+def _run(cpu_us: float, requests: int = 1000) -> bench.RunResult:
+    return bench.RunResult(requests, 1.0, 1.0, 2.0, 0, cpu_s=cpu_us * requests / 1e6)
+
+
+def test_cache_goal_is_the_median_of_the_per_round_cpu_ratios(tmp_path: Path) -> None:
+    b = bench.Bench(bench.parse_args([]), tmp_path)
+    server = bench.Server("x", [], 0, tmp_path / "log", 2)
+    cached = bench.Target("static-cached", "gateway", "cached", 10, server, "/", upstream="static")
+    forwarded = bench.Target("static-all", "gateway", "all", 10, server, "/", upstream="static")
+    # Per round: 0.25, 0.2, 0.5 -> 0.25; the ratio of the medians (300/1000) differs.
+    cached.rounds = [_run(300), _run(200), _run(1000)]
+    forwarded.rounds = [_run(1200), _run(1000), _run(2000)]
+    b.targets = [forwarded, cached]
+    figures = bench.cache_hit_figures(cached, forwarded)
+    assert figures == {
+        "cached": "static-cached",
+        "forwarded": "static-all",
+        "cached_cpu_us_per_request": 300.0,
+        "forwarded_cpu_us_per_request": 1200.0,
+        "ratio": 0.25,
+    }
+    goals = b.goals([])
+    assert [g["name"] for g in goals] == ["cache_hit_cpu_vs_forwarded"]
+    goal = goals[0]
+    assert goal["value"] == 0.25 and goal["limit"] == 0.333 and goal["met"] is True
+    assert goal["cached_cpu_us_per_request"] == 300.0
+    assert goal["forwarded_cpu_us_per_request"] == 1200.0
+    assert goal["text"] == (
+        "static-cached: a cache hit costs 0.250x the CPU per request of a forwarded one "
+        "(static-all; µs: 300 against 1200; goal <= 0.333x)"
+    )
+    # Over a third: not met.
+    cached.rounds = [_run(500), _run(400), _run(900)]
+    goal = b.goals([])[0]
+    assert goal["value"] == 0.417 and goal["met"] is False
+    # Without the forwarded counterpart (no `all` variant), no goal.
+    b.targets = [cached]
+    assert b.goals([]) == []
+    # No CPU reading in any round: no figures.
+    cached.rounds = [bench.RunResult(10, 1.0, 1.0, 1.0, 0)]
+    forwarded.rounds = [_run(1000)]
+    assert bench.cache_hit_figures(cached, forwarded) is None
+
+
+def test_cache_lookups_are_summed_over_the_rounds_of_cached_targets_only() -> None:
+    rounds = [_run(100), _run(100)]
+    assert bench.cache_lookups_sum(rounds) is None
+    rounds[0].cache_lookups = {"hit": 1000}
+    rounds[1].cache_lookups = {"hit": 990, "miss": 2}
+    assert bench.cache_lookups_sum(rounds) == {"hit": 1990, "miss": 2}
+
+
 def test_cpu_goal_line() -> None:
     assert bench.cpu_line("static-all", 1.2104, 1480.4, 1220.0) == (
         "static-all: 1.21x the passthrough's CPU per request (µs: 1480 against 1220; goal <= 1.0x)"
@@ -323,6 +572,7 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
     assert by_name["static-passthrough"]["ratio_cpu_vs_passthrough"] == 1.0
     assert by_name["passthrough"]["ratio_cpu_vs_passthrough"] == 1.0
     assert by_name["static-all"]["checks"] == by_name["all"]["checks"]
+    assert by_name["static-cached"]["checks"] == by_name["cached"]["checks"]
     assert result["machine"]["static_server"]
     assert by_name["all"]["checks"] == {
         "status": 200,
@@ -335,6 +585,23 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
         "whole_answer": True,
         "parts": True,
     }
+    assert by_name["cached"]["checks"] == {
+        "status": 200,
+        "rate_limit_headers": True,
+        "cors": True,
+        "deprecation": True,
+        "cache_hit": True,
+    }
+    # The cached targets' measured requests were cache hits, by the gateway's count.
+    for name in TARGETS:
+        lookups = by_name[name]["cache_lookups"]
+        if name not in ("cached", "static-cached"):
+            assert lookups is None, name
+            continue
+        rounds = by_name[name]["throughput"]["rounds"]
+        assert lookups == rounds[0]["cache_lookups"], name
+        assert lookups["hit"] >= 0.99 * rounds[0]["requests"] > 0, name
+        assert sum(lookups.values()) - lookups["hit"] <= 0.01 * sum(lookups.values()), name
     for name in ("none", "compose", "all@100", "passthrough"):
         memory = by_name[name]["memory"]
         assert memory["workers"] == 2 and memory["max_rss_mib"] > 0, memory
@@ -371,6 +638,7 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
         "rss_per_worker_mib",
         "startup_s_largest_table",
         "all_cpu_vs_passthrough",
+        "cache_hit_cpu_vs_forwarded",
     }
     for goal in goals.values():
         assert isinstance(goal["met"], bool) and goal["value"] is not None, goal
@@ -379,6 +647,16 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
     assert cpu_goal["value"] == by_name["static-all"]["ratio_cpu_vs_passthrough"]
     assert cpu_goal["text"].startswith("static-all: ") and "CPU per request" in cpu_goal["text"]
     assert "CPU µs/req" in done.stdout
+    hit_goal = goals["cache_hit_cpu_vs_forwarded"]
+    assert hit_goal["limit"] == 0.333
+    assert (hit_goal["cached"], hit_goal["forwarded"]) == ("static-cached", "static-all")
+    cached_cpu = by_name["static-cached"]["throughput"]["cpu_us_per_request"]
+    forwarded_cpu = by_name["static-all"]["throughput"]["cpu_us_per_request"]
+    assert hit_goal["cached_cpu_us_per_request"] == cached_cpu
+    assert hit_goal["forwarded_cpu_us_per_request"] == forwarded_cpu
+    # One round: the ratio of that round's figures.
+    assert hit_goal["value"] == pytest.approx(cached_cpu / forwarded_cpu, rel=0.01)
+    assert hit_goal["text"].startswith("static-cached: a cache hit costs ")
 
     # The table is printed with every target and every goal.
     for name in TARGETS:
