@@ -154,6 +154,9 @@ def gunicorn_options(
 ) -> dict[str, Any]:
     return {
         **HARDENED_SETTINGS,
+        # As in gunicorn.conf.py: the threaded worker, for a gateway behind a proxy that
+        # buffers whole requests (and for measuring what the event loop costs).
+        "worker_class": os.environ.get("GATEWAY_WORKER_CLASS", HARDENED_SETTINGS["worker_class"]),
         **({"when_ready": watch_config} if watch else {}),
         "bind": f"{host}:{port}",
         "workers": workers,

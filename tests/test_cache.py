@@ -58,6 +58,15 @@ routes:
     upstream_path: /report
     auth: [jwt]
     cache: {{ttl: 30, scope: tenant}}
+  - name: board
+    path: /api/board
+    methods: [GET]
+    auth: public
+    cache: {{ttl: 30}}
+    compose:
+      parts:
+        news: {{upstream: users, path: /news}}
+        weather: {{upstream: users, path: /weather, required: false}}
   - name: uncached
     path: /api/plain
     methods: [GET]
@@ -172,7 +181,12 @@ def test_a_public_route_cannot_keep_answers_per_identity() -> None:
 def test_scope_defaults_to_identity_and_public_by_the_routes_auth() -> None:
     config = load_config_text(CONFIG, "routes.yaml")
     scopes = {r.name: r.cache.scope for r in config.routes if r.cache}
-    assert scopes == {"users.get": "identity", "catalog": "public", "tenant.report": "tenant"}
+    assert scopes == {
+        "users.get": "identity",
+        "catalog": "public",
+        "tenant.report": "tenant",
+        "board": "public",
+    }
 
 
 # -- hits and misses --------------------------------------------------------------------
@@ -480,3 +494,25 @@ def test_the_answer_body_is_the_kept_one_byte_for_byte(
     )
     assert client.get("/api/catalog").data == body
     assert client.get("/api/catalog").data == body
+
+
+def test_a_whole_composed_answer_is_kept_and_a_partial_one_is_not(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    news = counting(upstream, "/news")
+    weather = upstream.get(f"{USERS}/weather").mock(return_value=httpx.Response(503))
+    partial = client.get("/api/board")
+    assert partial.headers["Gateway-Partial"] == "weather"
+    assert status_of(partial).endswith("detail=partial")
+    weather.mock(return_value=httpx.Response(200, json={"sun": True}))
+    whole = client.get("/api/board")
+    kept = client.get("/api/board")
+    assert status_of(whole).endswith("stored")
+    # The composed answer says `private` to the caches after the gateway; the route's
+    # scope (public) is what decides here.
+    assert kept.headers["Cache-Control"] == "private"
+    assert status_of(kept).startswith("gateway; hit")
+    assert (
+        kept.get_json() == whole.get_json() == {"news": {"path": "/news"}, "weather": {"sun": True}}
+    )
+    assert (news.call_count, weather.call_count) == (2, 2)

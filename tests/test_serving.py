@@ -53,8 +53,19 @@ def test_a_worker_collects_nothing_while_booting_then_freezes_its_app(
     assert all(obj is not app for obj in gc.get_objects())
 
 
-def test_gateway_serve_runs_the_event_loop_worker_sized_by_connections() -> None:
+def test_gateway_serve_runs_the_event_loop_worker_sized_by_connections(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("GATEWAY_WORKER_CLASS", raising=False)
     options = gunicorn_options("127.0.0.1", 8080, 2, 8, worker_connections=250)
     assert options["worker_class"] == "gateway.workers.GatewayWorker"
     assert options["worker_connections"] == 250
     assert gunicorn_options("127.0.0.1", 8080, 2, 8)["worker_connections"] == 1000
+
+
+def test_gateway_serve_takes_the_worker_class_from_the_environment_as_gunicorn_conf(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GATEWAY_WORKER_CLASS", "gateway.workers.GatewayThreadWorker")
+    options = gunicorn_options("127.0.0.1", 8080, 2, 8)
+    assert options["worker_class"] == "gateway.workers.GatewayThreadWorker"

@@ -324,9 +324,13 @@ class CachedRoute:
             return None, "partial"  # a part failed: the next request may do better
         headers = response.headers
         has_validator = "ETag" in headers or "Last-Modified" in headers
+        # A composed answer's Cache-Control is the gateway's own word to the caches
+        # after it (`private`: it was made for this caller); here the route's scope
+        # says who may share it.
+        cache_control = [] if self.route.compose else headers.getlist("Cache-Control")
         judged = verdict(
             response.status_code,
-            headers.getlist("Cache-Control"),
+            cache_control,
             headers.getlist("Vary"),
             scope=self.policy.scope,
             ttl=self.policy.ttl,

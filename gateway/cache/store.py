@@ -172,7 +172,11 @@ class MemoryStore:
             keys.discard(key)
             if not keys:
                 del self._by_path[held.path]
-        if self._on_evict is not None and held.expires > time.monotonic():
+        if (
+            self._on_evict is not None
+            and isinstance(held.value, Entry)
+            and held.expires > time.monotonic()
+        ):
             self._on_evict("size")
 
     @property
@@ -207,9 +211,10 @@ class MemoryStore:
         """Drops this worker's answers of `path`; how many entries went."""
         with self._lock:
             keys = self._by_path.pop(path, set())
-            dropped = 0
+            dropped = 0  # answers, not the Vary names kept beside them
             for key in keys:
-                if self._items.pop(key, None) is not None:
+                held = self._items.pop(key, None)
+                if held is not None and isinstance(held.value, Entry):
                     dropped += 1
             return dropped
 
@@ -251,14 +256,21 @@ if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then
 end
 return 1
 """
-# KEYS: the path's index. Its members share its hash tag, so its slot.
+# KEYS: the path's index. Its members share its hash tag, so its slot. Returns how
+# many answers (not Vary names) were still there.
 _INVALIDATE = """
 local keys = redis.call('SMEMBERS', KEYS[1])
+local answers = 0
+for i = 1, #keys do
+  if string.find(keys[i], ':e:', 1, true) and redis.call('EXISTS', keys[i]) == 1 then
+    answers = answers + 1
+  end
+end
 for i = 1, #keys, 500 do
   redis.call('DEL', unpack(keys, i, math.min(i + 499, #keys)))
 end
 redis.call('DEL', KEYS[1])
-return #keys
+return answers
 """
 
 
