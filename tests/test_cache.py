@@ -178,6 +178,20 @@ def test_a_public_route_cannot_keep_answers_per_identity() -> None:
         load_config_text(text, "routes.yaml")
 
 
+def test_a_memory_budget_smaller_than_its_largest_answer_is_refused() -> None:
+    text = CONFIG.replace(
+        "rate_limits: {default: []}",
+        "rate_limits: {default: []}\ncache: {max_bytes: 4096, max_entry_bytes: 8192}",
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"cache.max_entry_bytes \(8192\) must be less than cache.max_bytes \(4096\)",
+    ):
+        load_config_text(text, "routes.yaml")
+    redis = text.replace("cache: {max", "cache: {storage: 'redis://127.0.0.1:6379/0', max")
+    assert load_config_text(redis, "routes.yaml").cache.max_bytes == 4096  # Redis: no budget
+
+
 def test_scope_defaults_to_identity_and_public_by_the_routes_auth() -> None:
     config = load_config_text(CONFIG, "routes.yaml")
     scopes = {r.name: r.cache.scope for r in config.routes if r.cache}

@@ -5,13 +5,17 @@ one worker must still drop the path's answers in all of them, or a client could 
 its own change and then, from another worker, the answer from before it. Each worker
 listens on a Unix datagram socket in a folder the gunicorn master made for this
 purpose (GATEWAY_CACHE_PEERS_DIR, see serving.py) and, after dropping a path itself,
-sends the path to every other socket there. A datagram is delivered whole or not at
-all, before the writing client has even read its answer; one that cannot be
-delivered at once is dropped, and that worker's answers expire by their ttl.
+sends the path to every other socket there. A datagram is queued at the sibling
+before the writing client has even read its answer, and the sibling reads its queue
+before every lookup (a listener also empties it in the background), so a read that
+follows the write's answer never gets the answer from before it. A datagram that
+cannot be queued at once (the queue is full) is dropped, and that worker's answers
+expire by their ttl.
 """
 
 from __future__ import annotations
 
+import _socket
 import contextlib
 import logging
 import os
@@ -45,6 +49,11 @@ class Peers:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.address)  # a reused pid's leftover
         self._socket.bind(self.address)
+        # The same socket as the standard library's own object, never the event
+        # loop's: `drain` must read what is queued without ever waiting.
+        self._queued = _socket.socket(
+            _socket.AF_UNIX, _socket.SOCK_DGRAM, 0, os.dup(self._socket.fileno())
+        )
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.settimeout(_SEND_TIMEOUT)
         self._closed = False
@@ -60,6 +69,16 @@ class Peers:
                 self._drop(data.decode("utf-8", "surrogateescape"))
             except Exception:  # a failed drop must not end the listener
                 log.exception("dropping a path a peer named failed")
+
+    def drain(self) -> None:
+        """Drops now every path already queued: a sibling tells before it answers the
+        write, so a read that comes after the write's answer sees the drop."""
+        while True:
+            try:
+                data = self._queued.recv(_MAX_PATH_BYTES + 1, _socket.MSG_DONTWAIT)
+            except OSError:  # nothing queued (BlockingIOError), or closed
+                return
+            self._drop(data.decode("utf-8", "surrogateescape"))
 
     def tell(self, path: str) -> int:
         """Names `path` to every other worker; how many were told."""
@@ -92,6 +111,8 @@ class Peers:
             self._socket.close()
         with contextlib.suppress(OSError):
             self._sender.close()
+        with contextlib.suppress(OSError):
+            self._queued.close()
         with contextlib.suppress(OSError):
             os.unlink(self.address)
 

@@ -395,12 +395,12 @@ class CachedRoute:
         if keep <= 0:
             return False
         try:
-            self.cache.store.put(ctx.path, key, variant, entry, keep)
+            stored = self.cache.store.put(ctx.path, key, variant, entry, keep)
         except StorageFailed as exc:
             self.cache.storage_failed(ctx, exc)
             return False
-        ctx.cache_stored = True
-        return True
+        ctx.cache_stored = stored
+        return stored
 
     def _answer(self, ctx: RequestContext, entry: Entry, now: float, status: str) -> Response:
         """A kept answer for this request: 304 when the client's own conditions say

@@ -111,7 +111,9 @@ VariantOf = Callable[[tuple[str, ...]], str]
 class Store(Protocol):
     def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None: ...
 
-    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> None: ...
+    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> bool:
+        """Keeps `entry`; False when it cannot be kept (larger than the store)."""
+        ...
 
     def invalidate(self, path: str) -> int: ...
 
@@ -184,6 +186,10 @@ class MemoryStore:
         return int(self._items.currsize)
 
     def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None:
+        if self.peers is not None:
+            # A sibling's write told before it answered its client: dropped before this
+            # read, whenever the listener would have got to it.
+            self.peers.drain()
         with self._lock:
             names = self._items.get("n:" + key)
             if names is None or not isinstance(names.value, tuple):
@@ -191,15 +197,20 @@ class MemoryStore:
             held = self._items.get("e:" + variant_of(names.value))
         return held.value if held is not None and isinstance(held.value, Entry) else None
 
-    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> None:
+    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> bool:
         expires = time.monotonic() + keep
-        if entry.size > self._items.maxsize:
-            return
+        # Two namespaces: without a Vary, the variant's key is the request key.
+        names = _Held(entry.vary, path, expires, 100 + len(key))
+        answer = _Held(entry, path, expires, entry.size + len(variant))
+        if names.size + answer.size > self._items.maxsize:
+            return False  # never both at once: the answer could not be found
         with self._lock:
-            # Two namespaces: without a Vary, the variant's key is the request key.
-            self._items["n:" + key] = _Held(entry.vary, path, expires, 100 + len(key))
-            self._items["e:" + variant] = _Held(entry, path, expires, entry.size + len(variant))
+            # The answer first: making room for its names then evicts older items,
+            # never the answer itself.
+            self._items["e:" + variant] = answer
+            self._items["n:" + key] = names
             self._by_path.setdefault(path, set()).update(("n:" + key, "e:" + variant))
+        return True
 
     def invalidate(self, path: str) -> int:
         dropped = self.drop_path(path)
@@ -326,11 +337,12 @@ class RedisStore:
         result: Entry | None = self._call(run)
         return result
 
-    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> None:
+    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> bool:
         names_key, index_key = self._keys(path, key)
         keys = [names_key, self._variant_key(path, variant), index_key]
         args = [",".join(entry.vary), entry.to_bytes(), max(1, int(keep * 1000))]
         self._call(lambda: self._put(keys=keys, args=args))
+        return True
 
     def invalidate(self, path: str) -> int:
         _, index_key = self._keys(path, "")

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from gateway.config.errors import ConfigProblem
 from gateway.config.file_checks import ca_bundle_problem, public_key_problem, resolve_relative
+from gateway.config.model import CacheSettings
 from gateway.config.route_checks import RouteRules
 from gateway.config.schema_errors import display
 from gateway.config.source import Document, Path
@@ -61,6 +62,7 @@ class Checker:
         for path in (("rate_limits", "default"), ("rate_limits", "auth_failures")):
             check_rate_limits(self.fail, path, nested_value(self.data, *path))
         self._storage()
+        self._cache()
         self._upstreams()
         RouteRules(self.doc, self.fail).run()
         return self.problems
@@ -231,6 +233,23 @@ class Checker:
                     f"{section}.storage {storage!r}: name the sentinel service, as in "
                     "redis+sentinel://host:26379/mymaster",
                 )
+
+    def _cache(self) -> None:
+        section = self.data.get("cache")
+        if not isinstance(section, dict):
+            return
+        storage = section.get("storage")
+        defaults = CacheSettings()
+        largest = section.get("max_entry_bytes", defaults.max_entry_bytes)
+        budget = section.get("max_bytes", defaults.max_bytes)
+        memory = not isinstance(storage, str) or storage.startswith("memory://")
+        if memory and isinstance(largest, int) and isinstance(budget, int) and largest >= budget:
+            key = "max_entry_bytes" if "max_entry_bytes" in section else "max_bytes"
+            self.fail(
+                ("cache", key),
+                f"cache.max_entry_bytes ({largest}) must be less than cache.max_bytes "
+                f"({budget}): a memory store that size could never keep such an answer",
+            )
 
     def _upstreams(self) -> None:
         upstreams = self.data.get("upstreams")
