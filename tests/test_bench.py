@@ -28,6 +28,7 @@ import bench  # noqa: E402  (loadtests/bench.py: a script, not a package)
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TARGETS = ["direct", "passthrough", "none", "jwt", "jwt+redis", "all", "compose", "cached"]
 TARGETS += ["all@100", "static-direct", "static-passthrough", "static-all", "static-cached"]
+TARGETS += ["static-all-threaded"]
 STATIC_UPSTREAM = ROOT / "loadtests" / "static_upstream.py"
 PARTS = ["users_a", "users_b", "users_c"]
 
@@ -632,9 +633,9 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
 
     goals = {g["name"]: g for g in result["goals"]}
     assert set(goals) == {
-        "all_rps_vs_passthrough",
-        "all_added_p50_ms_c1",
+        "all_added_p50_vs_passthrough_c1",
         "routes_rps_spread",
+        "slow_client_resistance_cost",
         "rss_per_worker_mib",
         "startup_s_largest_table",
         "all_cpu_vs_passthrough",
@@ -643,7 +644,20 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
     for goal in goals.values():
         assert isinstance(goal["met"], bool) and goal["value"] is not None, goal
     cpu_goal = goals["all_cpu_vs_passthrough"]
-    assert cpu_goal["limit"] == 1.0
+    assert cpu_goal["limit"] == 1.0 and cpu_goal["moonshot"] == 0.77
+    assert cpu_goal["moonshot_met"] == (cpu_goal["value"] <= 0.77)
+    added_goal = goals["all_added_p50_vs_passthrough_c1"]
+    assert added_goal["value"] == by_name["static-all"]["latency_c1"]["added_p50_ms"]
+    assert added_goal["limit"] == by_name["static-passthrough"]["latency_c1"]["added_p50_ms"]
+    assert added_goal["met"] == (added_goal["value"] <= added_goal["limit"])
+    # Goal 4: the event-loop worker against the threaded one, same policies and rounds.
+    threaded = by_name["static-all-threaded"]
+    assert threaded["variant"] == "all" and threaded["checks"] == by_name["static-all"]["checks"]
+    slow = goals["slow_client_resistance_cost"]
+    evented_cpu = by_name["static-all"]["throughput"]["cpu_us_per_request"]
+    threaded_cpu = threaded["throughput"]["cpu_us_per_request"]
+    assert slow["value"] == pytest.approx(evented_cpu / threaded_cpu - 1, abs=0.002)
+    assert slow["limit"] == 0.05
     assert cpu_goal["value"] == by_name["static-all"]["ratio_cpu_vs_passthrough"]
     assert cpu_goal["text"].startswith("static-all: ") and "CPU per request" in cpu_goal["text"]
     assert "CPU µs/req" in done.stdout
