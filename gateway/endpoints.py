@@ -7,7 +7,10 @@ Nothing here runs per request; app.py matches a request to its Endpoint and runs
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar, cast
 
 from gateway.cache.responses import ResponseCache
 from gateway.config.model import Config, Route
@@ -24,6 +27,8 @@ from gateway.policies.roles import RequireRoles
 from gateway.policies.versions import AnnounceDeprecation, ChooseVersion
 from gateway.ratelimit import Counters
 from gateway.routing import RouteSpec
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +87,20 @@ def build_endpoints(
     counters: Counters,
     terminals: Terminals,
 ) -> list[Endpoint]:
-    """One Endpoint per route, in the configuration's order (Endpoint.spec.index)."""
+    """One Endpoint per route, in the configuration's order (Endpoint.spec.index).
+
+    A policy holds no state of a request, so routes whose policies would be built from
+    the same settings share one instance (and routes with the same policies, one
+    chain): with 10,000 routes, a few MiB less in every worker."""
     endpoints = []
+    shared: dict[tuple[object, ...], object] = {}
+
+    def once(key: tuple[object, ...], make: Callable[[], T]) -> T:
+        found = shared.get(key)
+        if found is None:
+            found = shared[key] = make()
+        return cast(T, found)
+
     for index, route in enumerate(config.routes):
         cors = Cors(route.cors) if route.cors else default_cors
         exposed = {name.lower() for name in cors.settings.expose_headers}
@@ -95,25 +112,39 @@ def build_endpoints(
                     settings, expose_headers=(*settings.expose_headers, PARTIAL_HEADER)
                 )
             )
-        policies: list[Policy] = [BodyLimit(config.gateway)]
+        policies: list[Policy] = [once(("body",), partial(BodyLimit, config.gateway))]
         if not route.is_public:
-            policies.append(
-                Authenticate(
-                    route.auth, credentials.verifier, credentials.keyring, credentials.guard
-                )
+            make_auth = partial(
+                Authenticate,
+                route.auth,
+                credentials.verifier,
+                credentials.keyring,
+                credentials.guard,
             )
+            policies.append(once(("auth", route.auth), make_auth))
         if route.roles:
-            policies.append(RequireRoles(route.roles))
+            policies.append(once(("roles", route.roles), partial(RequireRoles, route.roles)))
         route_limits = (
             route.rate_limit if route.rate_limit is not None else config.rate_limits.default
         )
         if route_limits:
-            policies.append(ApplyRateLimit(route, route_limits, counters))
+            bucket = route.rate_limit_bucket or route.name
+            policies.append(
+                once(
+                    ("limit", route_limits, bucket, route.rate_limit_key),
+                    partial(ApplyRateLimit, route, route_limits, counters),
+                )
+            )
         if route.versions:
-            policies.append(ChooseVersion(route.versions))
+            versions = route.versions
+            policies.append(once(("versions", versions), partial(ChooseVersion, versions)))
         if route.deprecation:
-            policies.append(AnnounceDeprecation(route.deprecation))
+            deprecation = route.deprecation
+            policies.append(
+                once(("deprecation", deprecation), partial(AnnounceDeprecation, deprecation))
+            )
+        chain = once(("chain", *map(id, policies)), partial(PolicyChain, policies))
         spec = RouteSpec.build(index, route, config.upstreams)
         terminal = _terminal(route, config, terminals)
-        endpoints.append(Endpoint(spec, PolicyChain(policies), terminal, cors))
+        endpoints.append(Endpoint(spec, chain, terminal, cors))
     return endpoints
