@@ -105,6 +105,7 @@ class Gateway:
                 make_store(config.cache, on_evict=self._cache_evicted),
                 cached_path=self._cached_path,
                 on_invalidated=self._cache_invalidated,
+                dropped=self.forwarder.request_drop,
             )
             if any(route.cache for route in config.routes)
             else None

@@ -530,3 +530,177 @@ def test_a_whole_composed_answer_is_kept_and_a_partial_one_is_not(
         kept.get_json() == whole.get_json() == {"news": {"path": "/news"}, "weather": {"sun": True}}
     )
     assert (news.call_count, weather.call_count) == (2, 2)
+
+
+# -- what the review found ---------------------------------------------------------------
+
+
+def test_the_upstreams_vary_on_a_field_the_gateway_sets_keeps_callers_apart(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    """The client's own X-User-Id never reaches the upstream: the variant is chosen by
+    the value the gateway sends."""
+    upstream.get(f"{USERS}/report").mock(
+        side_effect=lambda r: httpx.Response(
+            200, json={"for": r.headers["X-User-Id"]}, headers={"Vary": "X-User-Id"}
+        )
+    )
+    alice = client.get("/api/report", headers=bearer("alice", tenant_id="t1"))
+    bob = client.get("/api/report", headers={**bearer("bob", tenant_id="t1"), "X-User-Id": "alice"})
+    again = client.get("/api/report", headers=bearer("bob", tenant_id="t1"))
+    assert (alice.get_json(), bob.get_json()) == ({"for": "alice"}, {"for": "bob"})
+    assert again.get_json() == {"for": "bob"} and status_of(again).startswith("gateway; hit")
+
+
+def test_an_answer_varying_on_the_request_id_is_not_kept(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    route = counting(upstream, "/catalog", headers={"Vary": "X-Request-ID"})
+    client.get("/api/catalog")
+    answer = client.get("/api/catalog")
+    assert route.call_count == 2 and status_of(answer).endswith("detail=vary-request")
+
+
+def test_the_clients_host_is_part_of_the_key_even_with_a_public_url(
+    gateway_client: ClientFactory, upstream: respx.MockRouter
+) -> None:
+    client = gateway_client(
+        CONFIG.replace("version: 1\n", "version: 1\ngateway: {public_url: 'https://api.test'}\n")
+    )
+    upstream.get(f"{USERS}/catalog").mock(
+        side_effect=lambda r: httpx.Response(200, json={"host": r.headers["X-Forwarded-Host"]})
+    )
+    evil = client.get("/api/catalog", headers={"Host": "evil.example"})
+    good = client.get("/api/catalog", headers={"Host": "api.test"})
+    assert evil.get_json() == {"host": "evil.example"}
+    assert good.get_json() == {"host": "api.test"}
+
+
+@pytest.mark.parametrize(
+    ("request_headers", "answer_headers"),
+    [({"Cache-Control": "max-age=\u00b2"}, []), ({}, [(b"Age", b"\xb9")])],
+)
+def test_digits_that_are_not_ascii_are_no_500(
+    client: FlaskClient,
+    upstream: respx.MockRouter,
+    request_headers: dict[str, str],
+    answer_headers: list[tuple[bytes, bytes]],
+) -> None:
+    counting(upstream, "/catalog", headers=answer_headers)
+    assert client.get("/api/catalog", headers=request_headers).status_code == 200
+    assert client.get("/api/catalog", headers=request_headers).status_code == 200
+
+
+def test_a_semicolon_does_not_hide_the_next_directive() -> None:
+    assert "private" in directives(["max-age=60;private"])
+
+
+def test_a_read_that_began_before_a_write_does_not_keep_what_it_read(
+    client: FlaskClient, upstream: respx.MockRouter
+) -> None:
+    started, release = threading.Event(), threading.Event()
+    version = {"v": 1}
+
+    def read(request: httpx.Request) -> httpx.Response:
+        seen = dict(version)
+        started.set()
+        release.wait(5)
+        return httpx.Response(200, json=seen)
+
+    def write(request: httpx.Request) -> httpx.Response:
+        version["v"] = 2
+        return httpx.Response(204)
+
+    upstream.get(f"{USERS}/users/4").mock(side_effect=read)
+    upstream.patch(f"{USERS}/users/4").mock(side_effect=write)
+    app = client.application
+    slow: list[Any] = []
+    reader = threading.Thread(
+        target=lambda: slow.append(app.test_client().get("/api/users/4", headers=bearer()))
+    )
+    reader.start()
+    assert started.wait(5)
+    assert client.patch("/api/users/4", headers=bearer(), json={}).status_code == 204
+    release.set()
+    reader.join(5)
+    assert slow[0].get_json() == {"v": 1}  # its own answer: read before the write
+    assert "stored" not in status_of(slow[0])
+    after = client.get("/api/users/4", headers=bearer())
+    assert after.get_json() == {"v": 2}
+
+
+def test_a_collapsed_follower_asking_for_a_checked_answer_never_gets_the_old_one(
+    gateway_client: ClientFactory, upstream: respx.MockRouter
+) -> None:
+    client = gateway_client(CONFIG)
+    app = client.application
+    route = counting(upstream, "/catalog", json={"v": "old"})
+    client.get("/api/catalog")
+    release = threading.Event()
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        release.wait(5)
+        return httpx.Response(503)
+
+    route.mock(side_effect=failing)
+    answers: list[Any] = []
+
+    def read() -> None:
+        answers.append(app.test_client().get("/api/catalog", headers={"Cache-Control": "no-cache"}))
+
+    threads = [threading.Thread(target=read) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 5
+    while len(app.gateway.cache.flights) == 0 and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.01)
+    time.sleep(0.2)
+    release.set()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(a.status_code for a in answers) == [503, 503]
+
+
+def test_a_304_that_forbids_keeping_is_served_with_its_own_fields(
+    client: FlaskClient, upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter(
+        [
+            httpx.Response(
+                200, json={"v": 1}, headers={"ETag": '"a"', "Cache-Control": "max-age=1"}
+            ),
+            httpx.Response(304, headers={"ETag": '"a"', "Cache-Control": "no-store"}),
+        ]
+    )
+    upstream.get(f"{USERS}/catalog").mock(side_effect=lambda r: next(answers))
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)
+    client.get("/api/catalog")
+    monkeypatch.setattr(time, "time", lambda: now + 2)
+    answer = client.get("/api/catalog")
+    assert answer.get_json() == {"v": 1}
+    assert answer.headers["Cache-Control"] == "no-store"
+    assert status_of(answer) == "gateway; fwd=stale; fwd-status=304"
+
+
+def test_a_304_for_another_strong_etag_is_asked_again_without_conditions(
+    client: FlaskClient, upstream: respx.MockRouter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers = iter(
+        [
+            httpx.Response(
+                200, json={"v": 1}, headers={"ETag": '"a"', "Cache-Control": "max-age=1"}
+            ),
+            httpx.Response(304, headers={"ETag": '"b"'}),
+            httpx.Response(200, json={"v": 2}, headers={"ETag": '"b"'}),
+        ]
+    )
+    route = upstream.get(f"{USERS}/catalog").mock(side_effect=lambda r: next(answers))
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now)
+    client.get("/api/catalog")
+    monkeypatch.setattr(time, "time", lambda: now + 2)
+    answer = client.get("/api/catalog")
+    assert answer.get_json() == {"v": 2} and answer.headers["ETag"] == '"b"'
+    assert route.call_count == 3
+    assert "if-none-match" not in route.calls.last.request.headers

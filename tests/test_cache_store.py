@@ -193,3 +193,56 @@ def _peers(folder: str, pid: int, store: MemoryStore) -> Peers:
         return Peers(folder, store.drop_path)
     finally:
         os.getpid = real  # type: ignore[assignment]
+
+
+def test_a_put_after_the_paths_drop_is_refused(store: Store) -> None:
+    """A read that looked the path up before a write's drop keeps nothing after it."""
+    path = f"/items/{uuid.uuid4().hex}"
+    _, before = store.lookup(path, "k", plain)
+    store.invalidate(path)
+    assert not store.put(path, "k", plain(()), entry(), 30, before)
+    assert store.get(path, "k", plain) is None
+    _, now = store.lookup(path, "k", plain)
+    assert now != before
+    assert store.put(path, "k", plain(()), entry(), 30, now)
+    assert store.get(path, "k", plain) is not None
+
+
+def test_the_redis_index_holds_only_live_keys() -> None:
+    require_shared_redis()
+    prefix = f"test:cache:{uuid.uuid4().hex[:8]}"
+    store = RedisStore(CacheSettings(storage="redis://127.0.0.1:6379/0"), prefix=prefix)
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        for n in range(50):
+            store.put("/many", f"k{n}", f"v{n}", entry(), 0.05)
+        time.sleep(0.1)
+        store.put("/many", "last", "last-v", entry(), 30)
+        index = next(k for k in client.scan_iter(f"{prefix}:*:i"))
+        assert client.zcard(index) == 2  # the last answer and its Vary names
+    finally:
+        store.invalidate("/many")
+        client.close()
+
+
+def test_a_lookup_right_after_a_siblings_drop_never_sees_the_old_answer(
+    tmp_path: Path,
+) -> None:
+    """With real threads (the threaded worker), the listener may be dropping the path
+    when a lookup drains the queue: the lookup waits for it."""
+    store = MemoryStore(1 << 20)
+    peers = _peers(str(tmp_path), 104, store)
+    store.peers = peers
+    sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stale = 0
+    try:
+        for n in range(2000):
+            path = f"/race/{n}"
+            store.put(path, "k", "v", entry(), 30)
+            sender.sendto(path.encode(), peers.address)
+            if store.get(path, "k", lambda _: "v") is not None:
+                stale += 1
+    finally:
+        sender.close()
+        peers.close()
+    assert stale == 0

@@ -17,7 +17,7 @@ from gateway.config.model import CacheScope, RouteCache
 
 # RFC 9111 §5.2: directive = token [ "=" ( token / quoted-string ) ], comma-separated.
 _DIRECTIVE = re.compile(
-    r"""\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,\s]*))?\s*(?:,|$)"""
+    r"""\s*([!#$%&'*+.^_`|~0-9A-Za-z-]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^,;\s]*))?\s*(?:,|$)"""
 )
 
 
@@ -40,7 +40,8 @@ def directives(values: Iterable[str]) -> dict[str, str | None]:
 def seconds(value: str | None) -> int | None:
     """A delta-seconds argument (RFC 9111 §1.2.2); None when absent or invalid, which
     RFC 9111 §4.2.1 asks to be treated as stale."""
-    if value is None or not value.isdigit():
+    # isascii: "²" is a digit to str.isdigit, and int() refuses it.
+    if value is None or not (value.isascii() and value.isdigit()):
         return None
     return min(int(value), 2**31)
 

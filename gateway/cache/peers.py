@@ -19,6 +19,7 @@ import _socket
 import contextlib
 import logging
 import os
+import select
 import socket
 import threading
 from collections.abc import Callable
@@ -57,28 +58,33 @@ class Peers:
         self._sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._sender.settimeout(_SEND_TIMEOUT)
         self._closed = False
+        self._draining = threading.Lock()
         threading.Thread(target=self._listen, name="cache-peers", daemon=True).start()
 
     def _listen(self) -> None:
+        """Waits for the queue to have something, then drains it: the drops happen
+        under `drain`'s lock, so a lookup draining at the same moment waits for a drop
+        in progress instead of finding the queue empty before it is done."""
         while not self._closed:
             try:
-                data = self._socket.recv(_MAX_PATH_BYTES + 1)
-            except OSError:
+                select.select([self._socket], [], [])
+            except (OSError, ValueError):
                 return  # closed
             try:
-                self._drop(data.decode("utf-8", "surrogateescape"))
+                self.drain()
             except Exception:  # a failed drop must not end the listener
                 log.exception("dropping a path a peer named failed")
 
     def drain(self) -> None:
         """Drops now every path already queued: a sibling tells before it answers the
         write, so a read that comes after the write's answer sees the drop."""
-        while True:
-            try:
-                data = self._queued.recv(_MAX_PATH_BYTES + 1, _socket.MSG_DONTWAIT)
-            except OSError:  # nothing queued (BlockingIOError), or closed
-                return
-            self._drop(data.decode("utf-8", "surrogateescape"))
+        with self._draining:
+            while True:
+                try:
+                    data = self._queued.recv(_MAX_PATH_BYTES + 1, _socket.MSG_DONTWAIT)
+                except OSError:  # nothing queued (BlockingIOError), or closed
+                    return
+                self._drop(data.decode("utf-8", "surrogateescape"))
 
     def tell(self, path: str) -> int:
         """Names `path` to every other worker; how many were told."""
@@ -88,7 +94,8 @@ class Peers:
         told = 0
         try:
             names = os.listdir(self.folder)
-        except OSError:
+        except OSError as exc:
+            log.warning("the sibling workers were not told to drop %r: %s", path[:200], exc)
             return 0
         for name in names:
             if name == self.name or not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
@@ -120,7 +127,17 @@ class Peers:
 def peers_folder() -> str | None:
     """The folder the master made for the workers' sockets; None outside gunicorn."""
     folder = os.environ.get(PEERS_DIR_ENV)
-    return folder if folder and os.path.isdir(folder) else None
+    if not folder:
+        return None
+    if not os.path.isdir(folder):
+        log.warning(
+            "%s names %r, which is not a folder: writes served by this worker drop "
+            "kept answers here only, and its siblings' writes are not heard",
+            PEERS_DIR_ENV,
+            folder,
+        )
+        return None
+    return folder
 
 
 def forget_worker(pid: int) -> None:

@@ -18,6 +18,7 @@ it) instead of fetched again.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -29,7 +30,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.http import parse_date, parse_etags, unquote_etag
 from werkzeug.wrappers import Response
 
-from gateway.cache.control import Wants, verdict, wants
+from gateway.cache.control import Wants, seconds, verdict, wants
 from gateway.cache.store import Entry, StorageFailed, Store
 from gateway.config.model import CacheSettings, Route
 from gateway.context import RequestContext
@@ -94,6 +95,30 @@ def _field_value(ctx: RequestContext, name: str) -> str:
     return ",".join(v.strip() for v in ctx.request.headers.getlist(name))
 
 
+# Fields whose value is new with every request: an answer that varies on one of them
+# can never be used again.
+PER_REQUEST_FIELDS = frozenset({"x-request-id", "traceparent"})
+
+
+def sent_value(ctx: RequestContext, name: str, dropped: frozenset[str]) -> str:
+    """The value of a request field as the upstream receives it, for `Vary`: what the
+    gateway sets itself (identity, X-Forwarded-*) in place of the client's copy, ""
+    for what it never forwards (`dropped`), else the client's."""
+    lowered = name.lower()
+    for field, value in ctx.upstream_headers.items():
+        if field.lower() == lowered:
+            return value
+    if lowered == "x-forwarded-for":
+        return ctx.client.forwarded_for
+    if lowered == "x-forwarded-proto":
+        return ctx.client.proto
+    if lowered == "x-forwarded-host":
+        return ctx.client.host
+    if lowered in dropped or lowered.startswith("proxy-"):
+        return ""
+    return _field_value(ctx, name)
+
+
 class ResponseCache:
     """Every cached route's terminal step, and the invalidation of unsafe methods."""
 
@@ -103,8 +128,11 @@ class ResponseCache:
         store: Store,
         cached_path: Callable[[str], bool],
         on_invalidated: Callable[[int], None] | None = None,
+        dropped: frozenset[str] = frozenset(),
     ) -> None:
         self.settings = settings
+        # Request fields the forwarder never sends upstream (lower case).
+        self.dropped = dropped
         self.store = store
         self.flights = Flights()
         self._cached_path = cached_path
@@ -184,17 +212,30 @@ class CachedRoute:
             # answer differently never share a copy.
             who = repr(sorted(ctx.upstream_headers.items()))
         query = ctx.request.query_string.decode("latin-1")
-        varied = [f"{name}={_field_value(ctx, name)}" for name in self.policy.vary]
+        dropped = self.cache.dropped
+        varied = [f"{name}={sent_value(ctx, name, dropped)}" for name in self.policy.vary]
+        # The host and scheme the client asked for go upstream as X-Forwarded-Host and
+        # -Proto even when links are built on gateway.public_url: an answer made for
+        # one must not be kept for another (a client's Host poisoning everyone's copy).
         return _digest(
-            self.route.name, ctx.public_base, ctx.path, query, ctx.version or "", who, *varied
+            self.route.name,
+            ctx.public_base,
+            ctx.client.proto,
+            ctx.client.host,
+            ctx.path,
+            query,
+            ctx.version or "",
+            who,
+            *varied,
         )
 
-    @staticmethod
-    def variant_of(ctx: RequestContext, key: str) -> Callable[[tuple[str, ...]], str]:
+    def variant_of(self, ctx: RequestContext, key: str) -> Callable[[tuple[str, ...]], str]:
+        dropped = self.cache.dropped
+
         def variant(names: tuple[str, ...]) -> str:
             if not names:
                 return key
-            return _digest(key, *(f"{name}={_field_value(ctx, name)}" for name in names))
+            return _digest(key, *(f"{name}={sent_value(ctx, name, dropped)}" for name in names))
 
         return variant
 
@@ -210,7 +251,7 @@ class CachedRoute:
         want = wants(request.headers.getlist("Cache-Control"), request.headers.getlist("Pragma"))
         variant_of = self.variant_of(ctx, key)
         try:
-            entry = self.cache.store.get(ctx.path, key, variant_of)
+            entry, generation = self.cache.store.lookup(ctx.path, key, variant_of)
         except StorageFailed as exc:
             return self._storage_failed(ctx, exc)
         now = time.time()
@@ -224,16 +265,23 @@ class CachedRoute:
         flight, leader = self.cache.flights.join(key)
         try:
             if not leader:
+                arrived = now
                 flight.done.wait(self.wait_seconds)
                 try:
                     again = self.cache.store.get(ctx.path, key, variant_of)
                 except StorageFailed:
                     again = None
                 now = time.time()
-                if again is not None and now < again.fresh_until:
+                # What this request would take from the cache, and for one that asked
+                # for a checked answer, only one kept (or checked) since it came.
+                if (
+                    again is not None
+                    and self._usable(again, dataclasses.replace(want, revalidate=False), now)
+                    and (not want.revalidate or again.stored_at >= arrived)
+                ):
                     ctx.cache_result = "hit"
                     return self._answer(ctx, again, now, "fwd=uri-miss; collapsed")
-            return self._fetch(ctx, key, variant_of, entry, want)
+            return self._fetch(ctx, key, variant_of, entry, want, generation)
         finally:
             if leader:
                 self.cache.flights.land(key, flight)
@@ -269,6 +317,7 @@ class CachedRoute:
         variant_of: Callable[[tuple[str, ...]], str],
         entry: Entry | None,
         want: Wants,
+        generation: int,
     ) -> Response:
         """Asks the upstream: with the kept answer's validators when there is one,
         else without the client's own conditions (a whole answer can be kept; the
@@ -288,13 +337,21 @@ class CachedRoute:
         forwarded = "fwd=request" if want.revalidate else "fwd=stale" if entry else "fwd=uri-miss"
         ctx.cache_result = "stale" if entry is not None else "miss"
         if response.status_code == 304 and entry is not None:
-            refreshed = self._refreshed(entry, response, now)
-            stored = refreshed is not None and self._keep(
-                ctx, key, variant_of(refreshed.vary), refreshed, want
-            )
-            kept = refreshed or entry
-            status = f"{forwarded}; fwd-status=304" + ("; stored" if stored else "")
-            return self._answer(ctx, kept, now, status)
+            if _other_representation(entry, response):
+                # RFC 9111 §4.3.4: a 304 for another strong ETag than the kept one does
+                # not describe it. Asked again, without conditions.
+                response.close()
+                ctx.upstream_conditional = ()
+                response = self.inner(ctx)
+                now = time.time()
+            else:
+                refreshed, storable = self._refreshed(entry, response, now)
+                stored = storable and self._keep(
+                    ctx, key, variant_of(refreshed.vary), refreshed, want, generation
+                )
+                status = f"{forwarded}; fwd-status=304" + ("; stored" if stored else "")
+                # Served with the 304's fields even when they forbid keeping it.
+                return self._answer(ctx, refreshed, now, status)
         fresh, reason = self._entry(ctx, response, now, variant_of)
         if fresh is None or want.no_store:
             detail = "no-store" if fresh is not None else reason
@@ -304,7 +361,7 @@ class CachedRoute:
                 + (f"; detail={detail}" if detail else ""),
             )
             return response
-        stored = self._keep(ctx, key, variant_of(fresh.vary), fresh, want)
+        stored = self._keep(ctx, key, variant_of(fresh.vary), fresh, want, generation)
         status = f"{forwarded}; fwd-status={response.status_code}" + ("; stored" if stored else "")
         return self._answer(ctx, fresh, now, status)
 
@@ -339,11 +396,6 @@ class CachedRoute:
         )
         if not judged.storable:
             return None, judged.reason
-        body = response.get_data()
-        if len(body) > self.cache.settings.max_entry_bytes:
-            return None, "too-large"
-        age = headers.get("Age", "")
-        upstream_age = int(age) if age.isdigit() else 0
         vary = tuple(
             dict.fromkeys(
                 name.strip().lower()
@@ -352,6 +404,12 @@ class CachedRoute:
                 if name.strip()
             )
         )
+        if PER_REQUEST_FIELDS.intersection(vary):
+            return None, "vary-request"  # no later request has the same value
+        body = response.get_data()
+        if len(body) > self.cache.settings.max_entry_bytes:
+            return None, "too-large"
+        upstream_age = seconds(headers.get("Age")) or 0
         kept = tuple((n, v) for n, v in headers.items() if n.lower() not in NOT_KEPT_FIELDS)
         return (
             Entry(
@@ -366,9 +424,9 @@ class CachedRoute:
             "",
         )
 
-    def _refreshed(self, entry: Entry, response: Response, now: float) -> Entry | None:
-        """The kept answer after the upstream's 304, or None when the 304 forbids
-        keeping it any more."""
+    def _refreshed(self, entry: Entry, response: Response, now: float) -> tuple[Entry, bool]:
+        """The kept answer with the upstream's 304 fields, and whether it may be kept
+        again (the 304 may say no-store now)."""
         updates = [(n, v) for n, v in response.headers.items() if n.lower() in REFRESHED_FIELDS]
         candidate = entry.refreshed(updates, now, 0)
         judged = verdict(
@@ -381,10 +439,18 @@ class CachedRoute:
             sets_cookie=False,
         )
         if not judged.storable:
-            return None
-        return entry.refreshed(updates, now, judged.lifetime)
+            return candidate, False
+        return entry.refreshed(updates, now, judged.lifetime), True
 
-    def _keep(self, ctx: RequestContext, key: str, variant: str, entry: Entry, want: Wants) -> bool:
+    def _keep(
+        self,
+        ctx: RequestContext,
+        key: str,
+        variant: str,
+        entry: Entry,
+        want: Wants,
+        generation: int,
+    ) -> bool:
         if want.no_store:
             return False
         validated = entry.header("ETag") or entry.header("Last-Modified")
@@ -395,7 +461,7 @@ class CachedRoute:
         if keep <= 0:
             return False
         try:
-            stored = self.cache.store.put(ctx.path, key, variant, entry, keep)
+            stored = self.cache.store.put(ctx.path, key, variant, entry, keep, generation)
         except StorageFailed as exc:
             self.cache.storage_failed(ctx, exc)
             return False
@@ -418,6 +484,14 @@ class CachedRoute:
         response = RelayedResponse(entry.body, status=entry.status)
         response.headers = headers  # the kept framing, a HEAD's Content-Length too
         return response
+
+
+def _other_representation(entry: Entry, response: Response) -> bool:
+    """Whether a 304's strong ETag names another representation than the kept one."""
+    given, kept = response.headers.get("ETag"), entry.header("ETag")
+    if not given or not kept or given.startswith("W/") or kept.startswith("W/"):
+        return False
+    return given != kept
 
 
 def _modified(ctx: RequestContext, entry: Entry) -> bool:

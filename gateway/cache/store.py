@@ -34,6 +34,11 @@ from gateway.ratelimit_storage import CURRENT_CHECK, StorageCheck, make_storage
 
 log = logging.getLogger("gateway.cache")
 
+# Paths' drop counts are kept for this long after their last drop: longer than any
+# read can take (every upstream deadline is shorter).
+_GENERATION_KEPT = 600.0
+_GENERATIONS_PRUNED_ABOVE = 10_000
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -49,7 +54,9 @@ class Entry:
 
     @property
     def size(self) -> int:
-        return len(self.body) + sum(len(n) + len(v) + 4 for n, v in self.headers) + 200
+        """Bytes it takes in a worker's memory, Python's objects included (about 2 KiB
+        for a small answer, as tracemalloc measures it with its key and index entries)."""
+        return len(self.body) + sum(len(n) + len(v) + 170 for n, v in self.headers) + 1200
 
     def header(self, name: str) -> str | None:
         lowered = name.lower()
@@ -109,10 +116,25 @@ VariantOf = Callable[[tuple[str, ...]], str]
 
 
 class Store(Protocol):
+    def lookup(self, path: str, key: str, variant_of: VariantOf) -> tuple[Entry | None, int]:
+        """The kept answer (or None), and the path's generation: how many times its
+        answers were dropped, as far as this store knows."""
+        ...
+
     def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None: ...
 
-    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> bool:
-        """Keeps `entry`; False when it cannot be kept (larger than the store)."""
+    def put(
+        self,
+        path: str,
+        key: str,
+        variant: str,
+        entry: Entry,
+        keep: float,
+        generation: int | None = None,
+    ) -> bool:
+        """Keeps `entry`; False when it cannot be kept: larger than the store, or the
+        path's answers were dropped since `generation` was looked up (a read that
+        began before a write must not keep what it read after the write's drop)."""
         ...
 
     def invalidate(self, path: str) -> int: ...
@@ -157,6 +179,8 @@ class MemoryStore:
             on_evict=self._evicted,
         )
         self._by_path: dict[str, set[str]] = {}
+        # Per path dropped since start: (generation, when it last changed).
+        self._generations: dict[str, tuple[int, float]] = {}
         self.peers: Peers | None = None
         if peers_dir:
             try:
@@ -185,26 +209,41 @@ class MemoryStore:
     def bytes_used(self) -> int:
         return int(self._items.currsize)
 
-    def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None:
+    def lookup(self, path: str, key: str, variant_of: VariantOf) -> tuple[Entry | None, int]:
         if self.peers is not None:
             # A sibling's write told before it answered its client: dropped before this
             # read, whenever the listener would have got to it.
             self.peers.drain()
         with self._lock:
+            generation = self._generations.get(path, (0, 0.0))[0]
             names = self._items.get("n:" + key)
             if names is None or not isinstance(names.value, tuple):
-                return None
+                return None, generation
             held = self._items.get("e:" + variant_of(names.value))
-        return held.value if held is not None and isinstance(held.value, Entry) else None
+        found = held.value if held is not None and isinstance(held.value, Entry) else None
+        return found, generation
 
-    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> bool:
+    def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None:
+        return self.lookup(path, key, variant_of)[0]
+
+    def put(
+        self,
+        path: str,
+        key: str,
+        variant: str,
+        entry: Entry,
+        keep: float,
+        generation: int | None = None,
+    ) -> bool:
         expires = time.monotonic() + keep
         # Two namespaces: without a Vary, the variant's key is the request key.
-        names = _Held(entry.vary, path, expires, 100 + len(key))
+        names = _Held(entry.vary, path, expires, 300 + len(key))
         answer = _Held(entry, path, expires, entry.size + len(variant))
         if names.size + answer.size > self._items.maxsize:
             return False  # never both at once: the answer could not be found
         with self._lock:
+            if generation is not None and self._generations.get(path, (0, 0.0))[0] != generation:
+                return False
             # The answer first: making room for its names then evicts older items,
             # never the answer itself.
             self._items["e:" + variant] = answer
@@ -221,6 +260,13 @@ class MemoryStore:
     def drop_path(self, path: str) -> int:
         """Drops this worker's answers of `path`; how many entries went."""
         with self._lock:
+            now = time.monotonic()
+            self._generations[path] = (self._generations.get(path, (0, 0.0))[0] + 1, now)
+            if len(self._generations) > _GENERATIONS_PRUNED_ABOVE:
+                # A generation only has to outlive the reads in flight when it changed.
+                self._generations = {
+                    p: g for p, g in self._generations.items() if now - g[1] < _GENERATION_KEPT
+                }
             keys = self._by_path.pop(path, set())
             dropped = 0  # answers, not the Vary names kept beside them
             for key in keys:
@@ -256,21 +302,32 @@ class _Evicting(cachetools.TLRUCache):  # type: ignore[type-arg]
         return expired
 
 
-# KEYS: the key's Vary names, the variant, the path's index; ARGV: the names, the
-# entry, milliseconds to keep both.
+# KEYS: the key's Vary names, the variant, the path's index, the path's generation;
+# ARGV: the names, the entry, milliseconds to keep both, the generation the read saw.
+# The index is a sorted set by expiry: what has expired leaves it at each store, so it
+# holds no more than the path's live keys.
 _PUT = """
+if (redis.call('GET', KEYS[4]) or '0') ~= ARGV[4] then
+  return 0
+end
+local now = redis.call('TIME')
+local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+local expires = ms + tonumber(ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
 redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-redis.call('SADD', KEYS[3], KEYS[1], KEYS[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', ms)
+redis.call('ZADD', KEYS[3], expires, KEYS[1], expires, KEYS[2])
 if redis.call('PTTL', KEYS[3]) < tonumber(ARGV[3]) then
   redis.call('PEXPIRE', KEYS[3], ARGV[3])
 end
 return 1
 """
-# KEYS: the path's index. Its members share its hash tag, so its slot. Returns how
-# many answers (not Vary names) were still there.
+# KEYS: the path's index, the path's generation. Its members share its hash tag, so
+# its slot. Returns how many answers (not Vary names) were still there.
 _INVALIDATE = """
-local keys = redis.call('SMEMBERS', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], 3600000)
+local keys = redis.call('ZRANGE', KEYS[1], 0, -1)
 local answers = 0
 for i = 1, #keys do
   if string.find(keys[i], ':e:', 1, true) and redis.call('EXISTS', keys[i]) == 1 then
@@ -304,9 +361,10 @@ class RedisStore:
         self._invalidate = self._client.register_script(_INVALIDATE)
         self._errors = (redis.exceptions.RedisError, OSError, ValueError, KeyError)
 
-    def _keys(self, path: str, key: str) -> tuple[str, str]:
+    def _keys(self, path: str, key: str) -> tuple[str, str, str]:
+        """The key's Vary names, the path's index and the path's generation."""
         base = f"{self._prefix}:{{{_path_tag(path)}}}"
-        return f"{base}:v:{key}", f"{base}:i"
+        return f"{base}:v:{key}", f"{base}:i", f"{base}:g"
 
     def _variant_key(self, path: str, variant: str) -> str:
         return f"{self._prefix}:{{{_path_tag(path)}}}:e:{variant}"
@@ -320,33 +378,47 @@ class RedisStore:
         finally:
             CURRENT_CHECK.reset(check)
 
-    def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None:
-        names_key, _ = self._keys(path, key)
+    def lookup(self, path: str, key: str, variant_of: VariantOf) -> tuple[Entry | None, int]:
+        names_key, _, generation_key = self._keys(path, key)
         # Most answers have no Vary: their variant is asked for in the same round trip.
         plain = self._variant_key(path, variant_of(()))
 
-        def run() -> Entry | None:
-            names, data = self._client.mget([names_key, plain])
+        def run() -> tuple[Entry | None, int]:
+            names, data, counted = self._client.mget([names_key, plain, generation_key])
+            generation = int(counted) if counted is not None else 0
             if names is None:
-                return None
+                return None, generation
             vary = tuple(n for n in names.decode().split(",") if n)
             if vary:
                 data = self._client.get(self._variant_key(path, variant_of(vary)))
-            return None if data is None else Entry.from_bytes(data)
+            return (None if data is None else Entry.from_bytes(data)), generation
 
-        result: Entry | None = self._call(run)
+        result: tuple[Entry | None, int] = self._call(run)
         return result
 
-    def put(self, path: str, key: str, variant: str, entry: Entry, keep: float) -> bool:
-        names_key, index_key = self._keys(path, key)
-        keys = [names_key, self._variant_key(path, variant), index_key]
-        args = [",".join(entry.vary), entry.to_bytes(), max(1, int(keep * 1000))]
-        self._call(lambda: self._put(keys=keys, args=args))
-        return True
+    def get(self, path: str, key: str, variant_of: VariantOf) -> Entry | None:
+        return self.lookup(path, key, variant_of)[0]
+
+    def put(
+        self,
+        path: str,
+        key: str,
+        variant: str,
+        entry: Entry,
+        keep: float,
+        generation: int | None = None,
+    ) -> bool:
+        names_key, index_key, generation_key = self._keys(path, key)
+        keys = [names_key, self._variant_key(path, variant), index_key, generation_key]
+        seen = "0" if generation is None else str(generation)
+        if generation is None:
+            keys[3] = f"{generation_key}:unchecked"  # never set: always '0'
+        args = [",".join(entry.vary), entry.to_bytes(), max(1, int(keep * 1000)), seen]
+        return bool(self._call(lambda: self._put(keys=keys, args=args)))
 
     def invalidate(self, path: str) -> int:
-        _, index_key = self._keys(path, "")
-        return int(self._call(lambda: self._invalidate(keys=[index_key])))
+        _, index_key, generation_key = self._keys(path, "")
+        return int(self._call(lambda: self._invalidate(keys=[index_key, generation_key])))
 
     def reachable(self) -> bool:
         try:

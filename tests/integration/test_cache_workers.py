@@ -78,7 +78,13 @@ def test_a_write_in_one_worker_drops_the_answers_of_every_worker(
     before = read_until_both_workers_stored(api, path, [admin.bearer])
     assert {r.status for r in before} == {200}
     assert {r.json()["name"] for r in before} == {"Wanda Worker"}
-    assert any((r.header("Cache-Status") or "").startswith("gateway; hit") for r in before)
+    # The others were served from a copy: a hit, or a wait for the worker's one fetch.
+    served = [
+        r.header("Cache-Status") or ""
+        for r in before
+        if "stored" not in (r.header("Cache-Status") or "")
+    ]
+    assert served and all(s.startswith("gateway; hit") or s.endswith("collapsed") for s in served)
 
     new_name = f"Renamed {uuid.uuid4().hex[:8]}"
     changed = api.send_json("PATCH", path, {"name": new_name}, [admin.bearer])
