@@ -19,9 +19,9 @@ WORKDIR /src
 COPY pyproject.toml README.md constraints.txt ./
 COPY gateway ./gateway
 COPY upstream_stub ./upstream_stub
-# The runtime dependencies only (the `test` extra is not built), at the versions
-# constraints.txt pins, the ones make test ran against.
-RUN pip wheel . --constraint constraints.txt --wheel-dir /wheels
+# The runtime dependencies and the `tracing` extra (the `test` extra is not built), at
+# the versions constraints.txt pins, the ones make test ran against.
+RUN pip wheel ".[tracing]" --constraint constraints.txt --wheel-dir /wheels
 
 # -- runtime: the wheels in a virtual environment, run as a non-root user -----------
 FROM ${PYTHON_IMAGE} AS runtime
@@ -42,7 +42,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Only the wheels built above, never the package index.
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels gateway
+    && /opt/venv/bin/pip install --no-cache-dir --no-index --find-links=/wheels "gateway[tracing]"
 
 # A fixed, unprivileged user and group; the image never runs as root.
 RUN groupadd --system --gid 10001 gateway \

@@ -48,6 +48,7 @@ from gateway.reload import accepted, config_digest
 from gateway.request_body import check_framing
 from gateway.request_head import check_head
 from gateway.routing import RouteTable
+from gateway.tracing import make_tracing, trace_id_of
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -87,7 +88,11 @@ class Gateway:
         self.metrics = Metrics()
         if digest is not None:
             self.metrics.config_info.labels(digest[:12]).set(1)
-        self.forwarder = Forwarder(config, on_breaker_change=self._breaker_changed)
+        # Built in the worker (create_app runs after gunicorn's fork): its own exporter.
+        self.tracing = make_tracing(config.tracing)
+        self.forwarder = Forwarder(
+            config, on_breaker_change=self._breaker_changed, tracing=self.tracing
+        )
         self.metrics_allow = [ip_network(n, strict=False) for n in config.gateway.metrics_allow]
         self.cors = Cors(config.cors)
         self.verifier = JwtVerifier(config.auth.jwt) if config.auth.jwt else None
@@ -141,6 +146,11 @@ class Gateway:
 
     def handle(self, req: Request) -> Response:
         ctx = self.context(req, request_id_for(req))
+        if self.tracing is not None:
+            ctx.trace_span = self.tracing.server_span(
+                req.method, ctx.path, req.headers, ctx.client.ip
+            )
+            ctx.trace_id = trace_id_of(ctx.trace_span)
         try:
             response = self.dispatch(ctx)
         except GatewayError as error:
@@ -160,12 +170,16 @@ class Gateway:
             # The one place CORS meets an answer: successes, every error, built-ins.
             self._cors_for(ctx).decorate(ctx, response)
         response.headers["X-Request-ID"] = ctx.request_id
+        if ctx.trace_span is not None:
+            _end_server_span(ctx, response)
         self._log(ctx, response)
         return response
 
     def close(self) -> None:
         if self.cache is not None:
             self.cache.store.close()
+        if self.tracing is not None:
+            self.tracing.close()
         self.composer.close()
         self.forwarder.close()
         if self.verifier is not None:
@@ -354,6 +368,7 @@ class Gateway:
             upstream_ms=None if ctx.upstream_ms is None else round(ctx.upstream_ms, 3),
             upstream_error=ctx.upstream_error,
             cache=ctx.cache_result,
+            trace_id=ctx.trace_id,
             parts=[
                 {
                     "name": p.name,
@@ -372,6 +387,33 @@ class Gateway:
             # A streamed answer's size is its Content-Length; None when it is chunked.
             bytes_out=response.content_length,
         )
+
+
+def _end_server_span(ctx: RequestContext, response: Response) -> None:
+    """The request's span, named by its route, with what its policies decided."""
+    span = ctx.trace_span
+    assert span is not None
+    status = response.status_code
+    span.set_attribute("http.response.status_code", status)
+    if ctx.route is not None:
+        route = ctx.route.config
+        span.update_name(f"{ctx.request.method} {route.path}")
+        span.set_attribute("http.route", route.path)
+        span.set_attribute("gateway.route", route.name)
+    if ctx.identity is not None:
+        span.add_event("authenticated", {"gateway.auth.method": ctx.identity.method})
+    if ctx.auth_failure is not None:
+        span.add_event("refused", {"gateway.auth.failure": ctx.auth_failure})
+    verdict = ctx.rate_limit_verdict
+    if verdict is not None:
+        span.add_event("rate_limit", {"gateway.rate_limit.allowed": verdict.allowed})
+    if ctx.cache_result is not None:
+        span.add_event("cache", {"gateway.cache.result": ctx.cache_result})
+    if status >= 500:
+        from opentelemetry.trace import StatusCode
+
+        span.set_status(StatusCode.ERROR)
+    span.end()
 
 
 def _json(body: dict[str, object], status: int = 200) -> Response:

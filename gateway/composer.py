@@ -168,7 +168,9 @@ class Composer:
         upstream = part.upstream
         result = PartResult(part)
         try:
-            fetched = self.forwarder.fetch(upstream, target, headers, deadline, max_bytes)
+            fetched = self.forwarder.fetch(
+                upstream, target, headers, deadline, max_bytes, ctx.trace_span
+            )
         except UpstreamFailed as failure:
             if failure.kind == "timeout" and time.monotonic() >= deadline:
                 assert ctx.route is not None and ctx.route.config.compose is not None

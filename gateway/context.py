@@ -19,6 +19,8 @@ from gateway.request_body import BufferedBody
 from gateway.routing import RouteSpec
 
 if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
     from gateway.ratelimit import Verdict
 
 
@@ -65,3 +67,5 @@ class RequestContext:
     cache_result: str | None = None  # hit, miss, stale, bypass, error
     cache_stored: bool = False
     cache_storage_failed: bool = False
+    trace_span: Span | None = None  # the request's server span, when tracing is on
+    trace_id: str | None = None  # its trace id, 32 hex digits

@@ -15,6 +15,7 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import httpcore
 from werkzeug.wrappers import Response
@@ -45,6 +46,11 @@ from gateway.problems import (
 )
 from gateway.request_body import BufferedBody, read_body
 from gateway.rewrite import LinkRewriter
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from gateway.tracing import Tracing
 
 log = logging.getLogger("gateway.proxy")
 
@@ -92,8 +98,10 @@ class Forwarder:
         config: Config,
         on_breaker_change: Callable[[str, State], None] | None = None,
         transports: Mapping[str, Transport] | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = tracing
         self.pools: dict[str, Transport] = {
             name: (transports[name] if transports and name in transports else connection_pool(u))
             for name, u in config.upstreams.items()
@@ -163,7 +171,8 @@ class Forwarder:
             ("X-Request-ID", ctx.request_id),
         ]
         traceparent = request.headers.get("traceparent", "").strip()
-        if TRACEPARENT.match(traceparent):
+        if self.tracing is None and TRACEPARENT.match(traceparent):
+            # With tracing on, each attempt sends its own span's traceparent instead.
             headers.append(("traceparent", traceparent))
         headers += list(ctx.upstream_headers.items())
         if ctx.upstream_conditional:
@@ -197,6 +206,7 @@ class Forwarder:
         headers: list[tuple[str, str]],
         deadline: float,
         max_bytes: int,
+        parent: Span | None = None,
     ) -> Fetched:
         """One GET for a composed part, its body read whole by `deadline` (the route's;
         the upstream's own is shorter when it is), under the upstream's retries and
@@ -223,7 +233,12 @@ class Forwarder:
         deadline = min(deadline, own_deadline)
         try:
             response = self._send(
-                self.pools[upstream.name], request, deadline, 1 + upstream.retries, upstream
+                self.pools[upstream.name],
+                request,
+                deadline,
+                1 + upstream.retries,
+                upstream,
+                parent,
             )
             body, oversized = self._whole_body(response, deadline, upstream, max_bytes)
         except UpstreamFailed as failure:
@@ -299,7 +314,7 @@ class Forwarder:
         try:
             try:
                 response = self._send(
-                    self.pools[upstream.name], request, deadline, attempts, upstream
+                    self.pools[upstream.name], request, deadline, attempts, upstream, ctx.trace_span
                 )
             finally:
                 body.close()  # sent (or given up on): a spooled upload's file goes
@@ -327,11 +342,14 @@ class Forwarder:
         deadline: float,
         attempts: int,
         upstream: Upstream,
+        parent: Span | None = None,
     ) -> httpcore.Response:
         for attempt in range(1, attempts + 1):
             try:
                 with deadline_at(deadline):
-                    return pool.handle_request(request)
+                    if self.tracing is None:
+                        return pool.handle_request(request)
+                    return self._traced(pool, request, upstream, attempt, parent)
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 # Nothing reached the upstream: safe to try again for idempotent methods.
                 pause = random.uniform(0.01, 0.05 * 2**attempt)
@@ -363,6 +381,29 @@ class Forwarder:
             except AFTER_CONNECT as exc:
                 raise self._failed_after_connect(exc, upstream) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _traced(
+        self,
+        pool: Transport,
+        request: httpcore.Request,
+        upstream: Upstream,
+        attempt: int,
+        parent: Span | None,
+    ) -> httpcore.Response:
+        """One attempt in a client span of its own, the upstream told its traceparent."""
+        assert self.tracing is not None
+        method = request.method.decode("ascii")
+        with self.tracing.client_span(parent, upstream.name, method, attempt) as (span, header):
+            request.headers = [(n, v) for n, v in request.headers if n.lower() != b"traceparent"]
+            if header is not None:
+                request.headers.append((b"traceparent", header.encode("ascii")))
+            try:
+                response = pool.handle_request(request)
+            except Exception as exc:
+                span.set_attribute("error.type", type(exc).__name__)
+                raise
+            span.set_attribute("http.response.status_code", response.status)
+            return response
 
     def _failed_after_connect(self, exc: Exception, upstream: Upstream) -> UpstreamFailed:
         if isinstance(exc, httpcore.TimeoutException):

@@ -237,7 +237,7 @@ def test_unknown_key_in_a_route_suggests_the_close_match() -> None:
 def test_unknown_key_without_a_close_match_lists_the_allowed_keys() -> None:
     assert problems("zzz: 1\n" + MINIMAL) == [
         "routes.yaml:1:1: unknown key 'zzz' in the top level; allowed: version, gateway, "
-        "cors, auth, rate_limits, cache, upstreams, routes, include"
+        "cors, auth, rate_limits, cache, tracing, upstreams, routes, include"
     ]
 
 

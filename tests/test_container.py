@@ -170,8 +170,14 @@ def test_image_is_built_in_two_stages_from_one_slim_python_base() -> None:
 def test_builder_stage_makes_wheels_of_the_project_without_the_test_extra() -> None:
     builder = stages()[0]
     runs = " ".join(i.arguments for i in builder if i.keyword == "RUN")
-    assert "pip wheel ." in runs and "/wheels" in runs, runs
-    assert "[test]" not in runs and "'.[test]'" not in runs
+    assert 'pip wheel ".[tracing]"' in runs and "/wheels" in runs, runs
+    assert "test" not in runs, runs
+
+
+def test_the_image_can_trace() -> None:
+    """The tracing extra is in the image: OTEL_* variables or `tracing` turn it on."""
+    runs = " ".join(i.arguments for i in final_stage() if i.keyword == "RUN")
+    assert '"gateway[tracing]"' in runs, runs
 
 
 def test_runtime_stage_installs_only_the_wheels_into_a_venv() -> None:

@@ -46,6 +46,7 @@ FIELDS = {
     "upstream_ms",
     "upstream_error",
     "cache",
+    "trace_id",
     "parts",
     "client",
     "auth_method",

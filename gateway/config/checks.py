@@ -29,6 +29,7 @@ from gateway.config.value_checks import (
     nested_value,
     string_items,
 )
+from gateway.extras import TRACING_HINT, tracing_installed
 
 _HS_MIN_SECRET_BYTES = 32  # RFC 7518 §3.2: a key at least as long as the hash output
 # The storages whose client ships with the gateway (redis-py covers all the Redis ones).
@@ -63,20 +64,34 @@ class Checker:
             check_rate_limits(self.fail, path, nested_value(self.data, *path))
         self._storage()
         self._cache()
+        self._tracing()
         self._upstreams()
         RouteRules(self.doc, self.fail).run()
         return self.problems
 
-    def _gateway(self) -> None:
-        networks = string_items(nested_value(self.data, "gateway", "metrics_allow"))
+    def _networks(self, section: str, key: str) -> None:
+        networks = string_items(nested_value(self.data, section, key))
         for index, network in enumerate(networks):
             try:
                 ip_network(network, strict=False)
             except ValueError:
                 self.fail(
-                    ("gateway", "metrics_allow", index),
-                    f"gateway.metrics_allow: {network!r} is not a network (e.g. 10.0.0.0/8)",
+                    (section, key, index),
+                    f"{section}.{key}: {network!r} is not a network (e.g. 10.0.0.0/8)",
                 )
+
+    def _tracing(self) -> None:
+        self._networks("tracing", "trusted_networks")
+        endpoint = nested_value(self.data, "tracing", "otlp_endpoint")
+        if endpoint:
+            check_http_url(
+                self.fail, ("tracing", "otlp_endpoint"), endpoint, "otlp_endpoint", allow_path=True
+            )
+            if not tracing_installed():
+                self.fail(("tracing", "otlp_endpoint"), f"tracing is configured: {TRACING_HINT}")
+
+    def _gateway(self) -> None:
+        self._networks("gateway", "metrics_allow")
         public_url = nested_value(self.data, "gateway", "public_url")
         if public_url:
             check_http_url(

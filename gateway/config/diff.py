@@ -52,8 +52,8 @@ Line = tuple[str, str]
 # Lists whose order has an effect (a request meets the limits in list order, and the
 # rate-limit headers name the first); every other list of the model is a set.
 _ORDERED_FIELDS = frozenset({"default", "auth_failures"})
-_SECRET_FIELDS = frozenset({"secret", "sha256"})
-_URL_FIELDS = frozenset({"url", "jwks_url", "storage"})
+_SECRET_FIELDS = frozenset({"secret", "sha256", "headers"})  # tracing.headers: API keys
+_URL_FIELDS = frozenset({"url", "jwks_url", "storage", "otlp_endpoint"})
 _FILE_FIELDS = frozenset({"ca_bundle", "public_key_file"})
 # The model's names of keys that routes.yaml writes nested.
 _YAML_NAMES = {
@@ -484,6 +484,7 @@ def settings_changes(old: Config, new: Config) -> list[Line]:
     lines += _api_keys_lines(old.auth.api_keys, new.auth.api_keys)
     lines += _prefixed("rate_limits", _field_lines(old.rate_limits, new.rate_limits, old, new))
     lines += _prefixed("cache", _field_lines(old.cache, new.cache, old, new))
+    lines += _prefixed("tracing", _field_lines(old.tracing, new.tracing, old, new))
     for name in sorted(old.upstreams.keys() | new.upstreams.keys()):
         a, b = old.upstreams.get(name), new.upstreams.get(name)
         label = f"upstreams.{name}"

@@ -40,6 +40,7 @@ from gateway.config.model import (
     RateLimitSettings,
     Route,
     RouteCache,
+    TracingSettings,
     Upstream,
     VersionOption,
     Versions,
@@ -155,6 +156,16 @@ def _cache_settings(data: dict[str, Any]) -> CacheSettings:
         max_entry_bytes=int(_get(data, CacheSettings, "max_entry_bytes")),
         storage_timeout_ms=int(_get(data, CacheSettings, "storage_timeout_ms")),
         on_storage_error=_get(data, CacheSettings, "on_storage_error"),
+    )
+
+
+def _tracing_settings(data: dict[str, Any]) -> TracingSettings:
+    return TracingSettings(
+        otlp_endpoint=_get(data, TracingSettings, "otlp_endpoint"),
+        service_name=_get(data, TracingSettings, "service_name"),
+        sample_ratio=float(_get(data, TracingSettings, "sample_ratio")),
+        headers=tuple(sorted((str(k), str(v)) for k, v in data.get("headers", {}).items())),
+        trusted_networks=tuple(_get(data, TracingSettings, "trusted_networks")),
     )
 
 
@@ -340,4 +351,5 @@ def _build(bundle: Bundle) -> Config:
         routes=tuple(routes),
         files=bundle.files,
         cache=_cache_settings(data.get("cache", {})),
+        tracing=_tracing_settings(data.get("tracing", {})),
     )

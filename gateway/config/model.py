@@ -198,6 +198,20 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingSettings:
+    """OpenTelemetry traces, sent over OTLP/HTTP (gateway/tracing.py)."""
+
+    # "": off, unless OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or OTEL_EXPORTER_OTLP_ENDPOINT
+    # is set (the SDK reads what is not given here from the OTEL_* variables).
+    otlp_endpoint: str = ""
+    service_name: str = ""  # "": OTEL_SERVICE_NAME, else "gateway"
+    sample_ratio: float = 1.0  # of the traces this gateway starts; a parent's choice stands
+    headers: tuple[tuple[str, str], ...] = ()  # sent with every export (an API key, say)
+    # Clients whose `traceparent` is continued; any other starts a new trace.
+    trusted_networks: tuple[str, ...] = PRIVATE_NETWORKS
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     path: str
@@ -234,6 +248,7 @@ class Config:
     # in the order they were read.
     files: tuple[str, ...] = ()
     cache: CacheSettings = CacheSettings()
+    tracing: TracingSettings = TracingSettings()
 
     def summary(self) -> str:
         text = f"{self.source}: OK, {len(self.routes)} routes to {len(self.upstreams)} upstreams"

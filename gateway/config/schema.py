@@ -551,6 +551,41 @@ CACHE = _object(
     description="Where the answers of routes with `cache` are kept.",
 )
 
+TRACING = _object(
+    {
+        "otlp_endpoint": {
+            "type": "string",
+            "description": "OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces; "
+            "empty: off, unless OTEL_EXPORTER_OTLP_TRACES_ENDPOINT or "
+            "OTEL_EXPORTER_OTLP_ENDPOINT is set.",
+        },
+        "service_name": {
+            "type": "string",
+            "description": "service.name of the spans (default: OTEL_SERVICE_NAME, else gateway).",
+        },
+        "sample_ratio": {
+            "type": "number",
+            "minimum": 0,
+            "maximum": 1,
+            "description": "Share of the traces the gateway starts that are recorded "
+            "(default 1); a trusted caller's sampling choice stands.",
+        },
+        "headers": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "Headers sent with every export, e.g. an API key of the "
+            "tracing backend.",
+        },
+        "trusted_networks": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "Client networks (CIDR) whose traceparent is continued; any "
+            f"other client starts a new trace (default [{', '.join(PRIVATE_NETWORKS)}]).",
+        },
+    },
+    description="OpenTelemetry traces of each request and upstream call (off by default).",
+)
+
 UPSTREAMS = {
     "type": "object",
     "additionalProperties": UPSTREAM,
@@ -581,6 +616,7 @@ SCHEMA: dict[str, Any] = {
             ),
             "rate_limits": RATE_LIMITS,
             "cache": CACHE,
+            "tracing": TRACING,
             "upstreams": UPSTREAMS,
             "routes": ROUTES,
             "include": INCLUDE,
