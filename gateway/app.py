@@ -34,6 +34,7 @@ from gateway.paths import unsafe_path_reason
 from gateway.policies.auth import FailureGuard
 from gateway.policies.chain import Terminal
 from gateway.problems import (
+    CURRENT_TRACE_ID,
     Forbidden,
     GatewayError,
     InternalError,
@@ -146,11 +147,20 @@ class Gateway:
 
     def handle(self, req: Request) -> Response:
         ctx = self.context(req, request_id_for(req))
+        trace_token = None
         if self.tracing is not None:
             ctx.trace_span = self.tracing.server_span(
                 req.method, ctx.path, req.headers, ctx.client.ip
             )
             ctx.trace_id = trace_id_of(ctx.trace_span)
+            trace_token = CURRENT_TRACE_ID.set(ctx.trace_id)
+        try:
+            return self._handle(ctx)
+        finally:
+            if trace_token is not None:
+                CURRENT_TRACE_ID.reset(trace_token)
+
+    def _handle(self, ctx: RequestContext) -> Response:
         try:
             response = self.dispatch(ctx)
         except GatewayError as error:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from contextvars import ContextVar
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import urlsplit
@@ -219,6 +220,11 @@ def render(body: Mapping[str, Any], status: int, headers: Headers | None = None)
     return response
 
 
+# The trace of the request being answered, when tracing is on: set by Gateway.handle
+# around the request (per thread or greenlet), so every problem body names it.
+CURRENT_TRACE_ID: ContextVar[str | None] = ContextVar("current_trace_id", default=None)
+
+
 def problem_body(
     status: int,
     code: str,
@@ -230,7 +236,7 @@ def problem_body(
     type_: str | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
-    return {
+    body = {
         **extra,
         "type": type_ or problem_type(status),
         "title": title,
@@ -240,6 +246,10 @@ def problem_body(
         "code": code,
         "request_id": request_id,
     }
+    trace_id = CURRENT_TRACE_ID.get()
+    if trace_id is not None:
+        body["trace_id"] = trace_id  # ours, in place of any an upstream's problem had
+    return body
 
 
 def error_response(error: GatewayError, *, instance: str, request_id: str) -> Response:

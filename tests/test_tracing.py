@@ -179,3 +179,25 @@ def test_a_gateway_without_tracing_never_imports_the_trace_sdk() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_every_problem_body_names_the_trace(
+    client: FlaskClient, upstream: respx.MockRouter, exporter: InMemorySpanExporter
+) -> None:
+    upstream.get(f"{BACKEND}/items/9").mock(
+        return_value=httpx.Response(
+            404,
+            json={"title": "Not here", "status": 404, "trace_id": "theirs"},
+            headers={"Content-Type": "application/problem+json"},
+        )
+    )
+    trace = INCOMING.split("-")[1]
+    for path in ("/nowhere", "/api/items/9"):  # the gateway's own, and an upstream's
+        problem = client.get(path, headers={"traceparent": INCOMING}).get_json()
+        assert problem["trace_id"] == trace, problem
+
+
+def test_without_tracing_problems_carry_no_trace_id(gateway_client: ClientFactory) -> None:
+    off = CONFIG.replace("  otlp_endpoint: http://127.0.0.1:9/v1/traces\n", "")
+    problem = gateway_client(off).get("/nowhere", headers={"traceparent": INCOMING}).get_json()
+    assert "trace_id" not in problem
