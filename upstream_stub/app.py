@@ -36,6 +36,7 @@ from upstream_stub.tokens import (
     TokenIssuer,
     generate_key,
 )
+from upstream_stub.tracing import instrument
 from upstream_stub.users import blueprint as users_blueprint
 
 Service = Literal["users", "orders"]
@@ -130,7 +131,10 @@ def create_orders_app(settings: StubSettings | None = None) -> Flask:
 
 def create_app(service: Service, settings: StubSettings | None = None) -> Flask:
     if service == "users":
-        return create_users_app(settings)
-    if service == "orders":
-        return create_orders_app(settings)
-    raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+        app = create_users_app(settings)
+    elif service == "orders":
+        app = create_orders_app(settings)
+    else:
+        raise ValueError(f"unknown service {service!r}; expected one of {', '.join(SERVICES)}")
+    instrument(app, service)
+    return app

@@ -169,3 +169,70 @@ def test_a_collector_that_is_down_loses_spans_never_requests(
         assert down.get("/healthz").status == 200
     finally:
         down.server.stop()
+
+
+def test_a_trace_crosses_the_gateway_into_the_stub_service(
+    tmp_path_factory: pytest.TempPathFactory, receiver: Receiver, token: str
+) -> None:
+    """The users stub, instrumented the same way, continues the gateway's trace: its
+    server span is a child of the gateway's client span."""
+    from .stack_support import stub_argv
+
+    workdir = tmp_path_factory.mktemp("traced-stack")
+    stub = start_server(
+        stub_argv("users"),
+        workdir=workdir,
+        name="users-stub-traced",
+        env=subprocess_env(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=receiver.url),
+        workers=1,
+        ready_timeout=30.0,
+    )
+    try:
+        config = gateway_config(stub.base_url, f"http://{LOOPBACK}:9")
+        config["routes"].append(
+            {
+                "name": "users.get",
+                "path": "/users/{user_id}",
+                "methods": ["GET"],
+                "upstream": "backend",
+                "upstream_path": "/users/{user_id}",
+                "auth": "public",
+            }
+        )
+        config["tracing"] = {"otlp_endpoint": receiver.url, "trusted_networks": ["127.0.0.0/8"]}
+        gateway = start_server(
+            gateway_serve_argv(write_config(workdir / "routes.yaml", config), 1, 4),
+            workdir=workdir,
+            name="gateway-traced-stack",
+            env=subprocess_env(),
+            workers=1,
+        )
+        try:
+            trace_id = f"{token[-16:]:0>16}{'a' * 16}"
+            caller = f"00-{trace_id}-{CALLER_SPAN}-01"
+            reply = http_get(gateway.port, f"/users/{token}", caller)
+            assert reply.status < 500, reply.describe()
+            spans = receiver.wait_for(trace_id, 3)
+            gateway_server = next(
+                s for s in spans if s.kind == SERVER and s.parent_span_id.hex() == CALLER_SPAN
+            )
+            gateway_client = next(s for s in spans if s.kind == CLIENT)
+            stub_server = next(s for s in spans if s.kind == SERVER and s is not gateway_server)
+            assert gateway_client.parent_span_id == gateway_server.span_id
+            assert stub_server.parent_span_id == gateway_client.span_id
+            assert stub_server.name == "GET /users/<user_id>"
+            services = {
+                receiver.resources[receiver.spans.index(s)]["service.name"]
+                for s in (gateway_server, stub_server)
+            }
+            assert services == {"gateway", "users-stub"}
+        finally:
+            gateway.stop()
+    finally:
+        stub.stop()
+
+
+def http_get(port: int, target: str, traceparent: str) -> Any:
+    from .support import http_request
+
+    return http_request(port, "GET", target, [("traceparent", traceparent)])
