@@ -65,6 +65,20 @@ def worker_exited(server: Any, worker: Any) -> None:
     forget_worker(worker.pid)
 
 
+def close_the_app(server: Any, worker: Any) -> None:
+    """worker_exit (worker, after it stopped serving): the app's pools, storages and
+    tracer closed, the spans still queued sent first (the SDK's own exit handler would
+    send them too, but only once the interpreter exits)."""
+    app = getattr(getattr(worker, "wsgi", None), "app", None)
+    gateway = getattr(app, "gateway", None)
+    close = getattr(gateway, "close", None)
+    if callable(close):
+        try:
+            close()
+        except Exception:  # exiting anyway: say so, never hang the exit on it
+            server.log.exception("closing the app at worker exit failed")
+
+
 def remove_master_dirs(server: Any) -> None:
     """on_exit (master): remove the folders prepare_metrics_dir and
     prepare_peers_dir made."""
@@ -115,6 +129,7 @@ HARDENED_SETTINGS: dict[str, Any] = {
     "on_starting": start_master,
     "on_reload": reload_config,
     "child_exit": worker_exited,
+    "worker_exit": close_the_app,
     "on_exit": remove_master_dirs,
     # The collector and a large route table (see the hooks' docstrings).
     "pre_fork": freeze_before_fork,

@@ -69,3 +69,15 @@ def test_gateway_serve_takes_the_worker_class_from_the_environment_as_gunicorn_c
     monkeypatch.setenv("GATEWAY_WORKER_CLASS", "gateway.workers.GatewayThreadWorker")
     options = gunicorn_options("127.0.0.1", 8080, 2, 8)
     assert options["worker_class"] == "gateway.workers.GatewayThreadWorker"
+
+
+def test_a_worker_closes_its_app_when_it_exits() -> None:
+    closed: list[bool] = []
+
+    class App:
+        gateway = type("G", (), {"close": lambda self: closed.append(True)})()
+
+    worker = type("W", (), {"wsgi": type("E", (), {"app": App()})()})()
+    HARDENED_SETTINGS["worker_exit"](None, worker)
+    assert closed == [True]
+    HARDENED_SETTINGS["worker_exit"](None, object())  # a worker with no app: nothing

@@ -236,3 +236,24 @@ def http_get(port: int, target: str, traceparent: str) -> Any:
     from .support import http_request
 
     return http_request(port, "GET", target, [("traceparent", traceparent)])
+
+
+def test_a_stopping_worker_sends_the_spans_it_still_holds(
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: MisbehavingUpstream,
+    receiver: Receiver,
+    token: str,
+) -> None:
+    """Spans wait up to 5 s for their batch; a worker told to stop sends them first."""
+    stopping = traced_gateway(tmp_path_factory.mktemp("traced-stop"), upstream, receiver.url)
+    trace_id = f"{token[-16:]:0>16}{'b' * 16}"
+    try:
+        reply = stopping.get(
+            f"/items/{token}", [("traceparent", f"00-{trace_id}-{CALLER_SPAN}-01")]
+        )
+        assert reply.status == 200, reply.describe()
+    finally:
+        stopped_at = time.monotonic()
+        stopping.server.stop()
+    # Sent at exit, not by the batch timer: well before its 5 s would have run out.
+    receiver.wait_for(trace_id, 2, timeout=max(0.5, 4.0 - (time.monotonic() - stopped_at)))
