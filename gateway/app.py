@@ -90,7 +90,7 @@ class Gateway:
         if digest is not None:
             self.metrics.config_info.labels(digest[:12]).set(1)
         # Built in the worker (create_app runs after gunicorn's fork): its own exporter.
-        self.tracing = make_tracing(config.tracing)
+        self.tracing = make_tracing(config.tracing, on_dropped=self.metrics.spans_dropped.inc)
         self.forwarder = Forwarder(
             config, on_breaker_change=self._breaker_changed, tracing=self.tracing
         )

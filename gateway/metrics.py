@@ -111,6 +111,12 @@ class Metrics:
             "Cache storage calls that failed or timed out.",
             registry=r,
         )
+        self.spans_dropped = prom.Counter(
+            "gateway_trace_spans_dropped",
+            "Finished spans dropped because the export queue was full (a collector too "
+            "slow or down).",
+            registry=r,
+        )
         self.config_info = prom.Gauge(
             "gateway_config_info",
             "The configuration in service, by the first 12 hex digits of its sha256.",

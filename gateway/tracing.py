@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from ipaddress import ip_address, ip_network
 from typing import TYPE_CHECKING, Any
@@ -41,7 +41,9 @@ def tracing_wanted(settings: TracingSettings, environ: Mapping[str, str] = os.en
     return bool(settings.otlp_endpoint or any(environ.get(v) for v in _ENDPOINT_VARIABLES))
 
 
-def make_tracing(settings: TracingSettings) -> Tracing | None:
+def make_tracing(
+    settings: TracingSettings, on_dropped: Callable[[], None] | None = None
+) -> Tracing | None:
     """The worker's tracer when tracing is wanted; None when off, or when the SDK is
     missing (said once per worker: the file's `otlp_endpoint` is checked at load, but
     the OTEL_* variables only here)."""
@@ -50,13 +52,18 @@ def make_tracing(settings: TracingSettings) -> Tracing | None:
     if not tracing_installed():
         log.error("tracing is asked for, but the OpenTelemetry SDK is missing: %s", TRACING_HINT)
         return None
-    return Tracing(settings)
+    return Tracing(settings, on_dropped=on_dropped)
 
 
 class Tracing:
     """The worker's tracer: spans for requests and upstream attempts."""
 
-    def __init__(self, settings: TracingSettings, exporter: SpanExporter | None = None) -> None:
+    def __init__(
+        self,
+        settings: TracingSettings,
+        exporter: SpanExporter | None = None,
+        on_dropped: Callable[[], None] | None = None,
+    ) -> None:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
         from opentelemetry.sdk.resources import SERVICE_NAME, Resource
         from opentelemetry.sdk.trace import TracerProvider
@@ -75,7 +82,8 @@ class Tracing:
                 headers=dict(settings.headers) or None,
                 timeout=5,
             )
-        self.processor = BatchSpanProcessor(exporter, max_queue_size=MAX_QUEUED_SPANS)
+        processor = _counting_processor(BatchSpanProcessor, on_dropped)
+        self.processor = processor(exporter, max_queue_size=MAX_QUEUED_SPANS)
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("gateway")
         self.propagator = TraceContextTextMapPropagator()
@@ -134,6 +142,25 @@ class Tracing:
     def close(self) -> None:
         """Flushes what is queued (bounded by the exporter's timeout) and stops."""
         self.provider.shutdown()
+
+
+def _counting_processor(base: Any, on_dropped: Callable[[], None] | None) -> Any:
+    """The SDK's batching processor, telling `on_dropped` of each span it drops for a
+    full queue (the SDK only logs it, or counts it in its own metrics)."""
+    if on_dropped is None:
+        return base
+    dropped: Callable[[], None] = on_dropped
+
+    class CountingBatchSpanProcessor(base):  # type: ignore[misc]
+        def on_end(self, span: Any) -> None:
+            batch = getattr(self, "_batch_processor", None)
+            queue = getattr(batch, "_queue", None)
+            capacity = getattr(batch, "_max_queue_size", None)
+            if queue is not None and capacity is not None and len(queue) >= capacity:
+                dropped()
+            super().on_end(span)
+
+    return CountingBatchSpanProcessor
 
 
 def trace_id_of(span: Span) -> str | None:

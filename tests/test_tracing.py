@@ -4,6 +4,7 @@ client span per upstream call, and which traceparent is continued."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 
 import httpcore
@@ -201,3 +202,31 @@ def test_without_tracing_problems_carry_no_trace_id(gateway_client: ClientFactor
     off = CONFIG.replace("  otlp_endpoint: http://127.0.0.1:9/v1/traces\n", "")
     problem = gateway_client(off).get("/nowhere", headers={"traceparent": INCOMING}).get_json()
     assert "trace_id" not in problem
+
+
+def test_spans_dropped_for_a_full_queue_are_counted() -> None:
+    """A collector that never answers: once the queue is full, each span more is
+    dropped and counted, and nothing waits."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+    from gateway.config.model import TracingSettings
+    from gateway.tracing import MAX_QUEUED_SPANS, Tracing
+
+    release = threading.Event()
+
+    class Stuck(SpanExporter):
+        def export(self, spans: object) -> SpanExportResult:
+            release.wait(10)  # a collector that does not answer
+            return SpanExportResult.FAILURE
+
+    dropped: list[int] = []
+    tracing = Tracing(TracingSettings(), exporter=Stuck(), on_dropped=lambda: dropped.append(1))
+    try:
+        for _ in range(MAX_QUEUED_SPANS + 512 + 50):
+            span = tracing.server_span("GET", "/x", {}, "127.0.0.1")
+            span.end()
+        # The export worker holds one batch (512) while it waits, or none yet.
+        assert 50 <= len(dropped) <= 50 + 512, len(dropped)
+    finally:
+        release.set()
+        tracing.processor.shutdown()
