@@ -403,6 +403,9 @@ def _end_server_span(ctx: RequestContext, response: Response) -> None:
     """The request's span, named by its route, with what its policies decided."""
     span = ctx.trace_span
     assert span is not None
+    if not span.is_recording():  # not sampled: nothing of it is kept
+        span.end()
+        return
     status = response.status_code
     span.set_attribute("http.response.status_code", status)
     if ctx.route is not None:

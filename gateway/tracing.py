@@ -122,6 +122,13 @@ class Tracing:
         from opentelemetry.trace import SpanKind, set_span_in_context
 
         context = set_span_in_context(parent) if parent is not None else None
+        if parent is not None and not parent.is_recording():
+            # An unsampled trace: nothing would be recorded; the upstream still gets
+            # the trace's context (sampled flag off) to carry on.
+            carrier: dict[str, str] = {}
+            self.propagator.inject(carrier, context=context)
+            yield parent, carrier.get("traceparent")
+            return
         span = self.tracer.start_span(
             f"{method} {upstream}",
             context=context,
@@ -132,10 +139,10 @@ class Tracing:
                 "http.request.resend_count": attempt - 1,
             },
         )
-        carrier: dict[str, str] = {}
-        self.propagator.inject(carrier, context=set_span_in_context(span))
+        sent: dict[str, str] = {}
+        self.propagator.inject(sent, context=set_span_in_context(span))
         try:
-            yield span, carrier.get("traceparent")
+            yield span, sent.get("traceparent")
         finally:
             span.end()
 

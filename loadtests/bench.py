@@ -92,6 +92,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import http.server
 import json
 import os
 import platform
@@ -103,6 +104,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -139,6 +141,10 @@ REDIS_LIMIT = "1000000/minute"  # never reached: every request pays for the chec
 GOAL_CPU_MOONSHOT = 0.77  # static-all: 1.3x as efficient as the passthrough
 GOAL_SLOW_CLIENT_COST = 0.05  # the event-loop worker's CPU ratio over the threaded one's
 THREADED_TARGET = "static-all-threaded"
+# Tracing's cost: `all` on the near-free upstream, sending its spans to a sink in this
+# process (a collector that answers at once), at two sample ratios.
+TRACED_TARGETS = (("static-all-traced", 1.0), ("static-all-traced-1pct", 0.01))
+GOAL_TRACING_COST = 0.05  # at sample_ratio 0.01: CPU per request at most 5 % over static-all
 THREAD_WORKER_CLASS = "gateway.workers.GatewayThreadWorker"
 GOAL_ROUTES_SPREAD = 0.05  # requests/s within 5% from 10 to 10,000 routes
 GOAL_RSS_MIB = 80.0  # resident memory per worker
@@ -1062,6 +1068,38 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+class TraceSink:
+    """An OTLP/HTTP endpoint that takes every export at once and keeps nothing: the
+    traced targets pay for making and sending their spans, not for a slow collector.
+    Served by a thread of this process, whose CPU is not any target's."""
+
+    def __init__(self) -> None:
+        self.exports = 0  # batches received: 0 after a traced run would mean no tracing
+        sink = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                sink.exports += 1
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer((LOOPBACK, 0), Handler)
+        self.url = f"http://{LOOPBACK}:{self.server.server_address[1]}/v1/traces"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
@@ -1084,6 +1122,7 @@ class Bench:
             not in ("GATEWAY_CONFIG", "RATE_LIMIT_STORAGE", "USERS_URL", "PROMETHEUS_MULTIPROC_DIR")
         }
         self.env["PYTHONUNBUFFERED"] = "1"
+        self.trace_sink: TraceSink | None = None
 
     def say(self, text: str) -> None:
         print(f"bench: {text}", flush=True)
@@ -1175,6 +1214,12 @@ class Bench:
                 "static",
                 worker_class=THREAD_WORKER_CLASS,
             )
+            self.trace_sink = TraceSink()
+            for name, ratio in TRACED_TARGETS:
+                traced = {"otlp_endpoint": self.trace_sink.url, "sample_ratio": ratio}
+                self.gateway(
+                    name, "all", a.routes[0], static_url, key_file, path, "static", tracing=traced
+                )
         for target in self.targets:
             self.check(target)
 
@@ -1198,12 +1243,15 @@ class Bench:
         path: str,
         upstream: str = "users",
         worker_class: str | None = None,
+        tracing: dict[str, Any] | None = None,
     ) -> None:
         a = self.args
         bucket = f"bench-{self.tag}-{re.sub(r'[^A-Za-z0-9]', '', name)}"
         config = gateway_config(
             variant, routes, upstream_url, key_file, a.redis_url, a.strategy, bucket
         )
+        if tracing is not None:
+            config["tracing"] = tracing
         config_file = self.workdir / f"gateway-{re.sub(r'[^A-Za-z0-9]', '_', name)}.yaml"
         config_file.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
@@ -1622,7 +1670,12 @@ class Bench:
                 f"{target.name}: {worst:.3f}x the requests/s of {sweep[0].name} with "
                 f"{a.routes[0]} routes ({(worst - 1) * 100:+.1f}%; goal within 5%)",
             )
-        gateways = [row for row in rows if row["kind"] == "gateway"]
+        # Goal 3 is about the route table: the traced targets load the tracing SDK.
+        gateways = [
+            row
+            for row in rows
+            if row["kind"] == "gateway" and not row["name"].startswith("static-all-traced")
+        ]
         if gateways:
             top = max(gateways, key=lambda row: row["memory"]["max_rss_mib"] or 0.0)
             rss = top["memory"]["max_rss_mib"] or 0.0
@@ -1648,7 +1701,7 @@ class Bench:
         threaded = self.by_name(THREADED_TARGET)
         evented = self.by_name("static-all")
         if threaded and evented:
-            cost = slow_client_cost(evented, threaded)
+            cost = cpu_over(evented, threaded)
             if cost is not None:
                 goal(
                     "slow_client_resistance_cost",
@@ -1660,6 +1713,24 @@ class Bench:
                     cost <= GOAL_SLOW_CLIENT_COST,
                     f"static-all: the event-loop worker costs {cost * 100:+.1f}% of goal 1's "
                     f"ratio against the threaded worker ({THREADED_TARGET}; goal <= +5%)",
+                )
+        sampled, every = self.by_name("static-all-traced-1pct"), self.by_name("static-all-traced")
+        if sampled and evented:
+            cost = cpu_over(sampled, evented)
+            full = cpu_over(every, evented) if every else None
+            if cost is not None:
+                also = f"; every request traced: {full * 100:+.1f}%" if full is not None else ""
+                goal(
+                    "tracing_cpu_cost_1pct",
+                    "tracing at sample_ratio 0.01 costs under 5% of CPU per request (value: "
+                    "static-all-traced-1pct's CPU per request over static-all's, minus 1; "
+                    "median of the per-round values; every_request: the same at 1.0)",
+                    cost,
+                    GOAL_TRACING_COST,
+                    cost < GOAL_TRACING_COST,
+                    f"static-all-traced-1pct: tracing 1 % of requests costs {cost * 100:+.1f}% "
+                    f"of CPU per request (goal < +5%{also})",
+                    every_request=full,
                 )
         cached, forwarded = self.by_name("static-cached"), self.by_name("static-all")
         hit = cache_hit_figures(cached, forwarded) if cached and forwarded else None
@@ -1685,10 +1756,11 @@ class Bench:
         return goals
 
 
-def slow_client_cost(evented: Target, threaded: Target) -> float | None:
-    """Per round, the event-loop gateway's CPU per request over the threaded gateway's,
-    minus 1 (goal 1's ratio over the threaded worker's: the passthrough cancels out);
-    the median over the rounds where both ran."""
+def cpu_over(evented: Target, threaded: Target) -> float | None:
+    """Per round, one target's CPU per request over another's, minus 1; the median
+    over the rounds where both ran. Goal 4: the event-loop gateway over the threaded
+    one (goal 1's ratio over the threaded worker's: the passthrough cancels out);
+    tracing's cost: a traced gateway over the same untraced."""
     costs = [
         e.cpu_us_per_request / t.cpu_us_per_request - 1
         for e, t in zip(evented.rounds, threaded.rounds, strict=True)
@@ -1877,6 +1949,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for server in reversed(bench.servers):
             server.stop()
+        if bench.trace_sink is not None:
+            bench.trace_sink.stop()
+            print(f"bench: the trace sink took {bench.trace_sink.exports} exports", flush=True)
         if any(t.variant in REDIS_VARIANTS for t in bench.targets):
             delete_counters(args.redis_url, bench.tag)
         if args.keep or failed:

@@ -28,7 +28,7 @@ import bench  # noqa: E402  (loadtests/bench.py: a script, not a package)
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TARGETS = ["direct", "passthrough", "none", "jwt", "jwt+redis", "all", "compose", "cached"]
 TARGETS += ["all@100", "static-direct", "static-passthrough", "static-all", "static-cached"]
-TARGETS += ["static-all-threaded"]
+TARGETS += ["static-all-threaded", "static-all-traced", "static-all-traced-1pct"]
 STATIC_UPSTREAM = ROOT / "loadtests" / "static_upstream.py"
 PARTS = ["users_a", "users_b", "users_c"]
 
@@ -636,6 +636,7 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
         "all_added_p50_vs_passthrough_c1",
         "routes_rps_spread",
         "slow_client_resistance_cost",
+        "tracing_cpu_cost_1pct",
         "rss_per_worker_mib",
         "startup_s_largest_table",
         "all_cpu_vs_passthrough",
@@ -658,6 +659,12 @@ def test_quick_bench_writes_one_result_with_every_target(tmp_path: Path) -> None
     threaded_cpu = threaded["throughput"]["cpu_us_per_request"]
     assert slow["value"] == pytest.approx(evented_cpu / threaded_cpu - 1, abs=0.002)
     assert slow["limit"] == 0.05
+    # Tracing's cost: the same policies, spans sent to the bench's own sink.
+    traced = goals["tracing_cpu_cost_1pct"]
+    untraced_cpu = by_name["static-all"]["throughput"]["cpu_us_per_request"]
+    sampled_cpu = by_name["static-all-traced-1pct"]["throughput"]["cpu_us_per_request"]
+    assert traced["value"] == pytest.approx(sampled_cpu / untraced_cpu - 1, abs=0.002)
+    assert traced["limit"] == 0.05 and traced["every_request"] is not None
     assert cpu_goal["value"] == by_name["static-all"]["ratio_cpu_vs_passthrough"]
     assert cpu_goal["text"].startswith("static-all: ") and "CPU per request" in cpu_goal["text"]
     assert "CPU µs/req" in done.stdout

@@ -230,3 +230,14 @@ def test_spans_dropped_for_a_full_queue_are_counted() -> None:
     finally:
         release.set()
         tracing.processor.shutdown()
+
+
+def test_an_unsampled_trace_records_nothing_but_still_reaches_the_upstream(
+    client: FlaskClient, upstream: respx.MockRouter, exporter: InMemorySpanExporter
+) -> None:
+    route = upstream.get(f"{BACKEND}/items/5").mock(return_value=httpx.Response(200, json={}))
+    unsampled = INCOMING[:-2] + "00"  # the caller decided not to sample
+    client.get("/api/items/5", headers={"traceparent": unsampled})
+    assert finished(client, exporter) == []
+    told = sent(route).headers["traceparent"]
+    assert told.split("-")[1] == INCOMING.split("-")[1] and told.endswith("-00")
