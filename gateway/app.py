@@ -413,6 +413,8 @@ def _end_server_span(ctx: RequestContext, response: Response) -> None:
         span.update_name(f"{ctx.request.method} {route.path}")
         span.set_attribute("http.route", route.path)
         span.set_attribute("gateway.route", route.name)
+    # Which kind of client it was, never who: no subject, key id or credential.
+    span.set_attribute("gateway.client.kind", ctx.identity.method if ctx.identity else "anonymous")
     if ctx.identity is not None:
         span.add_event("authenticated", {"gateway.auth.method": ctx.identity.method})
     if ctx.auth_failure is not None:

@@ -86,6 +86,7 @@ def test_a_request_is_a_server_span_with_a_client_span_per_upstream_call(
     assert server.attributes["gateway.route"] == "items.get"
     assert server.attributes["http.response.status_code"] == 200
     assert server.attributes["url.path"] == "/api/items/7"  # never the query string
+    assert server.attributes["gateway.client.kind"] == "anonymous"
     assert server.resource.attributes["service.name"] == "edge"
     assert call.parent is not None and call.parent.span_id == server.context.span_id
     assert call.context.trace_id == server.context.trace_id

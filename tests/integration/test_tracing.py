@@ -226,6 +226,13 @@ def test_a_trace_crosses_the_gateway_into_the_stub_service(
                 for s in (gateway_server, stub_server)
             }
             assert services == {"gateway", "users-stub"}
+            # The gateway's access log names the same trace.
+            logged = [
+                json.loads(line)
+                for line in gateway.log().splitlines()
+                if line.startswith("{") and token in line
+            ]
+            assert [line["trace_id"] for line in logged if "request_id" in line] == [trace_id]
         finally:
             gateway.stop()
     finally:
