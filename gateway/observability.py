@@ -45,3 +45,30 @@ def log_access(**fields: Any) -> None:
     if access_log.isEnabledFor(logging.INFO):
         fields = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **fields}
         access_log.info(json.dumps(fields, separators=(",", ":"), ensure_ascii=True))
+
+
+class StorageFailures:
+    """A worker's count of a storage's failures, warned about at most once every
+    `every` seconds: a storage that is down fails every request, and a line per request
+    would bury the log."""
+
+    def __init__(self, log: logging.Logger, what: str, mode: str, every: float) -> None:
+        self.log = log
+        self.what = what  # "rate-limit storage", "cache storage"
+        self.mode = mode  # the on_storage_error that applies
+        self.every = every
+        self.count = 0
+        self._last_warning = 0.0
+
+    def failed(self, exc: Exception) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now - self._last_warning >= self.every:
+            self._last_warning = now
+            self.log.warning(
+                "%s failed (%s); on_storage_error=%s applies. %d failures so far in this worker.",
+                self.what,
+                exc,
+                self.mode,
+                self.count,
+            )

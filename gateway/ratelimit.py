@@ -22,6 +22,7 @@ import limits.storage
 import limits.strategies
 
 from gateway.config.model import RateLimit, RateLimitSettings
+from gateway.observability import StorageFailures
 from gateway.problems import ServiceUnavailable
 from gateway.ratelimit_scripts import RedisWindows, Windows
 from gateway.ratelimit_storage import CURRENT_CHECK, StorageCheck, make_storage
@@ -83,8 +84,9 @@ class Counters:
             *(self.windows.errors if self.windows is not None else ()),
         )
         self._budget = settings.storage_timeout_ms / 1000
-        self._last_warning = 0.0
-        self.storage_errors = 0
+        self.failures = StorageFailures(
+            log, "rate-limit storage", settings.on_storage_error, WARN_EVERY_SECONDS
+        )
         self._items: dict[str, limits.RateLimitItem] = {}
 
     def _item(self, limit: RateLimit) -> limits.RateLimitItem:
@@ -231,17 +233,11 @@ class Counters:
         return StorageUnavailable(str(exc))
 
     def _storage_failed(self, exc: Exception) -> None:
-        self.storage_errors += 1
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_EVERY_SECONDS:
-            self._last_warning = now
-            log.warning(
-                "rate-limit storage failed (%s); on_storage_error=%s applies. %d failures so "
-                "far in this worker.",
-                exc,
-                self.settings.on_storage_error,
-                self.storage_errors,
-            )
+        self.failures.failed(exc)
+
+    @property
+    def storage_errors(self) -> int:
+        return self.failures.count
 
 
 def storage_down(counters: Counters) -> ServiceUnavailable | None:

@@ -36,6 +36,7 @@ from gateway.config.model import CacheSettings, Route
 from gateway.context import RequestContext
 from gateway.forward.relay import RelayedResponse
 from gateway.headers import PARTIAL_HEADER
+from gateway.observability import StorageFailures
 from gateway.policies.chain import Terminal
 from gateway.problems import ServiceUnavailable
 
@@ -137,8 +138,9 @@ class ResponseCache:
         self.flights = Flights()
         self._cached_path = cached_path
         self._on_invalidated = on_invalidated
-        self._last_warning = 0.0
-        self.storage_errors = 0
+        self.failures = StorageFailures(
+            log, "cache storage", settings.on_storage_error, WARN_EVERY_SECONDS
+        )
 
     def terminal(self, route: Route, inner: Terminal, wait_seconds: float) -> Terminal:
         return CachedRoute(self, route, inner, wait_seconds).serve
@@ -168,17 +170,7 @@ class ResponseCache:
 
     def storage_failed(self, ctx: RequestContext, exc: Exception) -> None:
         ctx.cache_storage_failed = True
-        self.storage_errors += 1
-        now = time.monotonic()
-        if now - self._last_warning >= WARN_EVERY_SECONDS:
-            self._last_warning = now
-            log.warning(
-                "cache storage failed (%s); on_storage_error=%s applies. %d failures so "
-                "far in this worker.",
-                exc,
-                self.settings.on_storage_error,
-                self.storage_errors,
-            )
+        self.failures.failed(exc)
 
 
 class CachedRoute:
