@@ -7,7 +7,6 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterable
-from ipaddress import ip_address, ip_network
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote, urlsplit
 
@@ -18,7 +17,7 @@ from werkzeug.wrappers import Request, Response
 from gateway.breaker import State
 from gateway.cache.responses import ResponseCache
 from gateway.cache.store import make_store
-from gateway.clientinfo import client_info, host_warning, require_host
+from gateway.clientinfo import client_info, host_warning, in_networks, networks, require_host
 from gateway.composer import Composer
 from gateway.config import Config, load_config, resolve_config_path
 from gateway.context import RequestContext
@@ -94,7 +93,7 @@ class Gateway:
         self.forwarder = Forwarder(
             config, on_breaker_change=self._breaker_changed, tracing=self.tracing
         )
-        self.metrics_allow = [ip_network(n, strict=False) for n in config.gateway.metrics_allow]
+        self.metrics_allow = networks(config.gateway.metrics_allow)
         self.cors = Cors(config.cors)
         self.verifier = JwtVerifier(config.auth.jwt) if config.auth.jwt else None
         self.keyring = ApiKeyRing(config.auth.api_keys) if config.auth.api_keys else None
@@ -317,11 +316,7 @@ class Gateway:
 
     def _operator(self, ctx: RequestContext) -> bool:
         """Whether the client is on a `gateway.metrics_allow` network."""
-        try:
-            address = ip_address(ctx.client.ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self.metrics_allow)
+        return in_networks(ctx.client.ip, self.metrics_allow)
 
     def _breaker_changed(self, upstream: str, state: State) -> None:
         self.metrics.breaker_open.labels(upstream).set(0 if state == "closed" else 1)

@@ -13,8 +13,9 @@ when it is a well-formed host; a request whose `Host` is not is refused (RFC 911
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from ipaddress import IPv6Address, ip_address
+from ipaddress import IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
 
 from werkzeug.wrappers import Request
 
@@ -148,3 +149,21 @@ def client_info(request: Request, trusted_proxies: int) -> ClientInfo:
     if believed_host is not None and refused is None:
         host = believed_host
     return ClientInfo(ip, ", ".join(chain), proto, host, refused)
+
+
+Networks = tuple[IPv4Network | IPv6Network, ...]
+
+
+def networks(cidrs: Iterable[str]) -> Networks:
+    """Parsed once from the configuration (checked there to be networks)."""
+    return tuple(ip_network(cidr, strict=False) for cidr in cidrs)
+
+
+def in_networks(client_ip: str, allowed: Networks) -> bool:
+    """Whether a client address is on one of `allowed`; False for one that is not an
+    address at all."""
+    try:
+        address = ip_address(client_ip)
+    except ValueError:
+        return False
+    return any(address in network for network in allowed)

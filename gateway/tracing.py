@@ -19,9 +19,9 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from ipaddress import ip_address, ip_network
 from typing import TYPE_CHECKING, Any
 
+from gateway.clientinfo import in_networks, networks
 from gateway.config.model import TracingSettings
 from gateway.extras import TRACING_HINT, tracing_installed
 
@@ -87,14 +87,7 @@ class Tracing:
         self.provider.add_span_processor(self.processor)
         self.tracer = self.provider.get_tracer("gateway")
         self.propagator = TraceContextTextMapPropagator()
-        self.trusted = [ip_network(n, strict=False) for n in settings.trusted_networks]
-
-    def _trusted(self, client_ip: str) -> bool:
-        try:
-            address = ip_address(client_ip)
-        except ValueError:
-            return False
-        return any(address in network for network in self.trusted)
+        self.trusted = networks(settings.trusted_networks)
 
     def server_span(self, method: str, path: str, headers: Any, client_ip: str) -> Span:
         """The request's span, a child of the client's traceparent when it is trusted.
@@ -102,7 +95,7 @@ class Tracing:
         from opentelemetry.trace import SpanKind
 
         parent = None
-        if self._trusted(client_ip):
+        if in_networks(client_ip, self.trusted):
             carrier = {"traceparent": headers.get("traceparent", "")}
             if headers.get("tracestate"):
                 carrier["tracestate"] = headers["tracestate"]
