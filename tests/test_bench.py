@@ -107,9 +107,8 @@ class _Composed(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def partial_server() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Composed)
+def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -117,6 +116,11 @@ def partial_server() -> Iterator[int]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def partial_server() -> Iterator[int]:
+    yield from _serve(_Composed)
 
 
 def test_check_stops_the_bench_on_a_partial_composed_answer(
@@ -392,17 +396,6 @@ class _Cached(BaseHTTPRequestHandler):
 
 class _Missing(_Cached):
     hits = False
-
-
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield int(server.server_address[1])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

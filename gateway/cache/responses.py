@@ -420,19 +420,19 @@ class CachedRoute:
         """The kept answer with the upstream's 304 fields, and whether it may be kept
         again (the 304 may say no-store now)."""
         updates = [(n, v) for n, v in response.headers.items() if n.lower() in REFRESHED_FIELDS]
-        candidate = entry.refreshed(updates, now, 0)
+        refreshed = entry.refreshed(updates, now, 0)
         judged = verdict(
             200,
-            [v for n, v in candidate.headers if n.lower() == "cache-control"],
-            [v for n, v in candidate.headers if n.lower() == "vary"],
+            [v for n, v in refreshed.headers if n.lower() == "cache-control"],
+            [v for n, v in refreshed.headers if n.lower() == "vary"],
             scope=self.policy.scope,
             ttl=self.policy.ttl,
             has_validator=True,
             sets_cookie=False,
         )
         if not judged.storable:
-            return candidate, False
-        return entry.refreshed(updates, now, judged.lifetime), True
+            return refreshed, False
+        return dataclasses.replace(refreshed, fresh_until=now + judged.lifetime), True
 
     def _keep(
         self,
